@@ -1,0 +1,5 @@
+import sys
+
+from finecontrol.cli import main
+
+sys.exit(main())

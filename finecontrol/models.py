@@ -1,0 +1,185 @@
+"""Loading models: `tiny` (random weights built offline), hub ids or local folders.
+
+A model is a FineControlPipeline: SD1.5-style components (VAE, CLIP text encoder and tokenizer,
+UNet, scheduler) plus an OpenPose ControlNet.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import torch
+
+from finecontrol.pipeline import FineControlPipeline
+
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+TINY_TOKENIZER = ASSETS / "tokenizers" / "tiny"
+DEFAULT_BASE = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+DEFAULT_CONTROLNET = "lllyasviel/control_v11p_sd15_openpose"
+HUB_HOST = "huggingface.co"
+TINY_RESOLUTION = 128  # pixels; 64x64 latents would make each CPU step ~10x slower
+
+# Words the tiny model's tokenizer keeps whole: those of the example scenes and the default
+# prompts. Anything else still tokenizes, letter by letter.
+TINY_WORDS = sorted(set("""
+a an and the in on at of with by best quality lowres bad anatomy hands cropped worst
+person man woman child boy girl people astronaut samurai knight chef dancer robot wizard
+firefighter doctor skater surfer runner monk pirate clown student teacher
+red blue green yellow black white orange purple pink grey brown golden silver
+forest beach street park city snow desert space stage kitchen garden mountain night
+standing walking sitting jumping dancing running waving raised arms suit armor dress coat
+""".split()))
+
+
+class ModelNotAvailableError(RuntimeError):
+    """A model that cannot be loaded here, with what to download and where to put it."""
+
+
+def load_model(
+    name: str = "tiny",
+    controlnet: str | None = None,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+) -> FineControlPipeline:
+    """Load a model by name (`tiny`, `sd15`), hub id or local folder.
+
+    `name` is the base model (a diffusers Stable Diffusion 1.x folder or hub id); `controlnet`
+    the OpenPose ControlNet, by default the base folder's `controlnet/` subfolder if it has one,
+    else `lllyasviel/control_v11p_sd15_openpose`. On CUDA the weights are fp16 unless `dtype`
+    says otherwise; on CPU fp32.
+    """
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if dtype is None:
+        dtype = torch.float16 if device.type == "cuda" else torch.float32
+    if name == "tiny":
+        pipe = tiny_pipeline()
+    else:
+        base = DEFAULT_BASE if name == "sd15" else name
+        if controlnet is None:
+            local_cn = Path(base) / "controlnet"
+            controlnet = str(local_cn) if local_cn.is_dir() else DEFAULT_CONTROLNET
+        pipe = _load_pretrained(base, controlnet)
+    return pipe.to(device, dtype)
+
+
+def _load_pretrained(base: str, controlnet: str) -> FineControlPipeline:
+    from diffusers import AutoencoderKL, ControlNetModel, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    parts = {
+        "tokenizer": (CLIPTokenizer, base, "tokenizer"),
+        "text_encoder": (CLIPTextModel, base, "text_encoder"),
+        "vae": (AutoencoderKL, base, "vae"),
+        "unet": (UNet2DConditionModel, base, "unet"),
+        "scheduler": (DDIMScheduler, base, "scheduler"),
+        "controlnet": (ControlNetModel, controlnet, None),
+    }
+    loaded = {}
+    for key, (cls, source, subfolder) in parts.items():
+        loaded[key] = _from_pretrained(cls, source, subfolder)
+    return FineControlPipeline(**loaded)
+
+
+def _from_pretrained(cls, source: str, subfolder: str | None):
+    """Load from a local folder, the local hub cache, or the hub when it is reachable."""
+    kwargs = {"subfolder": subfolder} if subfolder else {}
+    if Path(source).is_dir():
+        if subfolder and not (Path(source) / subfolder).is_dir():
+            raise ModelNotAvailableError(f"{source} has no '{subfolder}' folder: expected a diffusers model folder")
+        return cls.from_pretrained(source, **kwargs)
+    if _looks_like_path(source):
+        raise ModelNotAvailableError(f"model folder {source} does not exist")
+    try:
+        return cls.from_pretrained(source, local_files_only=True, **kwargs)
+    except (OSError, ValueError):
+        pass
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false") or not _hub_reachable():
+        raise ModelNotAvailableError(
+            f"{source} is not in the local cache and the Hugging Face hub cannot be reached. "
+            f"On a machine with internet run `hf download {source} --local-dir models/{source.split('/')[-1]}`, "
+            f"copy the folder here and pass it as the model (e.g. --model models/... --controlnet models/...)."
+        )
+    return cls.from_pretrained(source, **kwargs)
+
+
+def _looks_like_path(source: str) -> bool:
+    return source.startswith((".", "/", "~")) or source.count("/") != 1
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """A quick TCP check so that an offline machine fails in seconds instead of hanging."""
+    try:
+        with socket.create_connection((HUB_HOST, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def tiny_tokenizer():
+    """The tiny model's tokenizer, from the files shipped in assets."""
+    from transformers import CLIPTokenizer
+
+    return CLIPTokenizer.from_pretrained(str(TINY_TOKENIZER), model_max_length=77)
+
+
+def tiny_pipeline(seed: int = 0) -> FineControlPipeline:
+    """An SD1.5-shaped model with random weights (4 resolution levels, 12 ControlNet residuals).
+
+    Small enough for CPU tests: it shows the plumbing, not meaningful pictures. Cross-attention
+    replaces self-attention in the transformer blocks to keep 64x64 latents cheap.
+    """
+    from diffusers import AutoencoderKL, ControlNetModel, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    tokenizer = tiny_tokenizer()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        text_encoder = CLIPTextModel(
+            CLIPTextConfig(
+                vocab_size=len(tokenizer),
+                hidden_size=32,
+                intermediate_size=64,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                max_position_embeddings=77,
+                bos_token_id=tokenizer.bos_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=tokenizer.pad_token_id,
+            )
+        )
+        unet = UNet2DConditionModel(
+            sample_size=64,
+            block_out_channels=(32, 64, 128, 128),
+            down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+            up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+            layers_per_block=2,
+            cross_attention_dim=32,
+            attention_head_dim=8,
+            norm_num_groups=16,
+            only_cross_attention=True,
+        )
+        controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(8, 16, 32, 64))
+        # A trained ControlNet's zero convolutions are no longer zero; random ones make the
+        # residuals (and so every test of their composition) non-trivial.
+        for conv in [*controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block,
+                     controlnet.controlnet_cond_embedding.conv_out]:
+            conv.reset_parameters()
+        vae = AutoencoderKL(
+            block_out_channels=(8, 16, 32, 32),
+            down_block_types=("DownEncoderBlock2D",) * 4,
+            up_block_types=("UpDecoderBlock2D",) * 4,
+            layers_per_block=1,
+            latent_channels=4,
+            norm_num_groups=8,
+            sample_size=512,
+        )
+    scheduler = DDIMScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+        clip_sample=False, set_alpha_to_one=False, steps_offset=1,
+    )
+    return FineControlPipeline(
+        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+        controlnet=controlnet, scheduler=scheduler, resolution=TINY_RESOLUTION,
+    )

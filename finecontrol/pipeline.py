@@ -1,0 +1,358 @@
+"""FineControlPipeline: per-person prompts and skeletons -> one image (FineControlNet, h-control).
+
+One denoising loop serves the paper's method and the two baselines, so one seed gives
+comparable images:
+- `finecontrol`: one ControlNet+UNet branch per person (own prompt, own skeleton) on the same
+  latent; high-resolution ControlNet residuals and the feature entering `conv_norm_out` are
+  composed with the person masks (DESIGN.md 2.3).
+- `controlnet`: one branch, one global prompt, all skeletons in one control image.
+- `multicontrolnet`: ControlNet once per person, residuals summed, one UNet pass with the global prompt.
+Every step makes one batched ControlNet call and one batched UNet call for all people and both
+classifier-free-guidance halves.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from PIL import Image
+
+from finecontrol.fusion import FeatureComposer, MaskPyramid, compose_residuals, residual_split, sum_over_people
+from finecontrol.render import harmony_steps, hard_masks, scene_maps, soft_masks, uses_soft_masks
+from finecontrol.scene import MAX_CANVAS, MIN_CANVAS, Scene, SceneError
+
+METHODS = ("finecontrol", "controlnet", "multicontrolnet")
+SCHEDULERS = ("ddim", "dpm++", "unipc")
+MAX_SEED = 2**32 - 1
+
+StepCallback = Callable[[int, int, torch.Tensor], None]
+"""Called after each step with (step index from 0, total steps, current x0 estimate latents)."""
+
+
+@dataclass
+class Settings:
+    """Generation knobs; the defaults are the paper's evaluation settings."""
+
+    method: str = "finecontrol"
+    steps: int = 20
+    guidance_scale: float = 9.0
+    control_strength: float = 1.5
+    harmony: float = 0.5
+    temperature: float = 0.001
+    mask_dilation: int | None = None
+    mask_blur: float = 1.0
+    seed: int = 0
+    width: int | None = None
+    height: int | None = None
+    scheduler: str = "ddim"
+    quality_suffix: str = "best quality"
+    eta: float = 0.0
+
+    def __post_init__(self) -> None:
+        _check(self.method in METHODS, f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        _check(self.scheduler in SCHEDULERS, f"scheduler must be one of {', '.join(SCHEDULERS)}, got {self.scheduler!r}")
+        _check(_is_int(self.steps) and 1 <= self.steps <= 200, f"steps must be a whole number in 1..200, got {self.steps!r}")
+        _number(self.guidance_scale, "guidance_scale", 0.0, 50.0)
+        _number(self.control_strength, "control_strength", 0.0, 5.0)
+        _number(self.harmony, "harmony", 0.0, 1.0)
+        _number(self.temperature, "temperature", 1e-6, 100.0)
+        _number(self.mask_blur, "mask_blur", 0.0, 64.0)
+        _number(self.eta, "eta", 0.0, 1.0)
+        _check(_is_int(self.seed) and 0 <= self.seed <= MAX_SEED, f"seed must be a whole number in 0..{MAX_SEED}, got {self.seed!r}")
+        if self.mask_dilation is not None:
+            _check(_is_int(self.mask_dilation) and 0 <= self.mask_dilation <= 512,
+                   f"mask_dilation must be a whole number of pixels in 0..512, got {self.mask_dilation!r}")
+        for name in ("width", "height"):
+            value = getattr(self, name)
+            if value is not None:
+                _check(_is_int(value) and MIN_CANVAS <= value <= MAX_CANVAS and value % 8 == 0,
+                       f"{name} must be a multiple of 8 in {MIN_CANVAS}..{MAX_CANVAS}, got {value!r}")
+        _check((self.width is None) == (self.height is None), "give width and height together, or neither")
+        _check(isinstance(self.quality_suffix, str), "quality_suffix must be text")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "Settings":
+        """Settings from a dict, rejecting unknown keys by name."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        _check(not unknown, f"unknown settings: {', '.join(unknown)}")
+        return cls(**values)
+
+
+def random_seed() -> int:
+    return random.randint(0, MAX_SEED)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _number(value: Any, name: str, low: float, high: float) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    _check(ok and low <= value <= high, f"{name} must be a number in {low:g}..{high:g}, got {value!r}")
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ValueError(message)
+
+
+@dataclass
+class Prompts:
+    """The exact texts the model is given."""
+
+    people: list[str]
+    people_negative: list[str]
+    global_prompt: str
+    global_negative: str
+
+
+def join_prompt(prompt: str, setting: str, suffix: str) -> str:
+    """`"{prompt} {setting}, {suffix}"`, leaving out empty parts."""
+    text = " ".join(part for part in (prompt.strip(), setting.strip()) if part)
+    return ", ".join(part for part in (text, suffix.strip()) if part)
+
+
+def build_prompts(scene: Scene, quality_suffix: str) -> Prompts:
+    """Person prompts, their negatives, and the baselines' single global prompt (DESIGN.md 2.1)."""
+    own = [p.prompt for p in scene.people]
+    return Prompts(
+        people=[join_prompt(text, scene.setting, quality_suffix) for text in own],
+        people_negative=[
+            scene.negative_prompt if p.negative_prompt is None else p.negative_prompt for p in scene.people
+        ],
+        global_prompt=join_prompt(" and ".join(t.strip() for t in own if t.strip()), scene.setting, quality_suffix),
+        global_negative=scene.negative_prompt,
+    )
+
+
+@dataclass
+class Generation:
+    """An image and what explains it."""
+
+    image: Image.Image
+    latents: torch.Tensor
+    control_image: np.ndarray
+    person_control_images: list[np.ndarray]
+    raw_masks: np.ndarray
+    early_masks: np.ndarray
+    late_masks: np.ndarray
+    prompts: Prompts
+    scene: Scene
+    settings: Settings
+
+
+@dataclass
+class _Branches:
+    """The batched inputs of one method, built once per generation (negative half first)."""
+
+    people: int  # ControlNet copies per half
+    controlnet_context: torch.Tensor
+    control_images: torch.Tensor
+    control_scales: torch.Tensor
+    unet_context: torch.Tensor
+    masks: list[MaskPyramid] = field(default_factory=list)  # [early, late], finecontrol only
+
+
+class FineControlPipeline:
+    """Stable Diffusion 1.x + an OpenPose ControlNet, run per person and composed with masks."""
+
+    def __init__(self, vae, text_encoder, tokenizer, unet, controlnet, scheduler, resolution: int | None = None):
+        """`resolution`: the model's native size in pixels (longer side). When set, scenes are
+        generated at that size unless the settings give width and height; when None, at the
+        scene's canvas size."""
+        self.vae, self.text_encoder, self.tokenizer = vae, text_encoder, tokenizer
+        self.unet, self.controlnet, self.scheduler = unet, controlnet, scheduler
+        self.resolution = resolution
+        self.vae_scale = 2 ** (len(vae.config.block_out_channels) - 1)
+        self.size_multiple = self.vae_scale * 2 ** (len(unet.config.block_out_channels) - 1)
+        self.num_residuals = len(controlnet.controlnet_down_blocks)
+        expected = 1 + sum(len(b.resnets) + (b.downsamplers is not None) for b in unet.down_blocks)
+        if self.num_residuals != expected:
+            raise ValueError(f"ControlNet gives {self.num_residuals} residuals but the UNet takes {expected}")
+        self.split = residual_split(self.num_residuals, unet)
+        if scheduler.config.prediction_type != "epsilon":
+            raise ValueError("only epsilon-prediction models are supported")
+        for module in (vae, text_encoder, unet, controlnet):
+            module.eval().requires_grad_(False)
+
+    @property
+    def device(self) -> torch.device:
+        return self.unet.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.unet.dtype
+
+    def to(self, device: str | torch.device, dtype: torch.dtype | None = None) -> "FineControlPipeline":
+        for module in (self.vae, self.text_encoder, self.unet, self.controlnet):
+            module.to(device)
+            if dtype is not None and dtype != module.dtype:
+                module.to(dtype)
+        return self
+
+    def generation_size(self, scene: Scene, settings: Settings) -> tuple[int, int]:
+        """(width, height) in pixels: the settings' override, else the scene's canvas scaled to
+        the model's native resolution (each side a multiple of `size_multiple`), else the canvas."""
+        if settings.width is not None:
+            return settings.width, settings.height
+        if self.resolution is None:
+            return scene.width, scene.height
+        scale = self.resolution / max(scene.width, scene.height)
+        m = self.size_multiple
+        return tuple(max(m, round(side * scale / m) * m) for side in (scene.width, scene.height))
+
+    def make_scheduler(self, name: str):
+        """A fresh scheduler; DDIM uses the "leading" grid with offset 1, as the original sampler."""
+        from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, UniPCMultistepScheduler
+
+        config = self.scheduler.config
+        if name == "ddim":
+            return DDIMScheduler.from_config(config, timestep_spacing="leading", steps_offset=1)
+        if name == "dpm++":
+            return DPMSolverMultistepScheduler.from_config(config, algorithm_type="dpmsolver++")
+        if name == "unipc":
+            return UniPCMultistepScheduler.from_config(config)
+        raise ValueError(f"unknown scheduler {name!r}")
+
+    def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
+        """CLIP embeddings (len(prompts), 77, D); each distinct text is encoded once."""
+        unique = list(dict.fromkeys(prompts))
+        ids = self.tokenizer(
+            unique, padding="max_length", max_length=self.tokenizer.model_max_length,
+            truncation=True, return_tensors="pt",
+        ).input_ids
+        embeddings = self.text_encoder(ids.to(self.device))[0].to(self.dtype)
+        return embeddings[[unique.index(p) for p in prompts]]
+
+    def initial_latents(self, seed: int, size: tuple[int, int], init_noise_sigma: float) -> torch.Tensor:
+        """Seeded noise (1, C, h, w), drawn on the CPU so a seed means the same image on any device."""
+        generator = torch.Generator("cpu").manual_seed(seed)
+        shape = (1, self.unet.config.in_channels, size[0], size[1])
+        noise = torch.randn(shape, generator=generator, dtype=torch.float32)
+        return (noise * init_noise_sigma).to(self.device, self.dtype)
+
+    def decode(self, latents: torch.Tensor) -> Image.Image:
+        """Latents -> RGB image."""
+        config = self.vae.config
+        latents = latents / config.scaling_factor + (config.shift_factor or 0.0)
+        pixels = self.vae.decode(latents.to(self.vae.dtype)).sample
+        pixels = (pixels[0] / 2 + 0.5).clamp(0, 1).permute(1, 2, 0).float().cpu().numpy()
+        return Image.fromarray((pixels * 255).round().astype(np.uint8))
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        scene: Scene,
+        settings: Settings | None = None,
+        latents: torch.Tensor | None = None,
+        callback: StepCallback | None = None,
+    ) -> Generation:
+        """Generate one image of `scene`. `latents` overrides the seeded initial noise."""
+        settings = settings or Settings()
+        if not scene.people:
+            raise SceneError("the scene has no people: add at least one person")
+        width, height = self.generation_size(scene, settings)
+        latent_size = (height // self.vae_scale, width // self.vae_scale)
+        poses = [p.keypoints for p in scene.people]
+        control_image, person_images, raw = scene_maps(
+            poses, (scene.width, scene.height), (width, height), latent_size,
+            settings.mask_dilation, settings.mask_blur,
+        )
+        raw_t = torch.from_numpy(raw)
+        early, late = hard_masks(raw_t, settings.temperature), soft_masks(raw_t, settings.temperature)
+        prompts = build_prompts(scene, settings.quality_suffix)
+        branches = self._branches(settings, scene, prompts, control_image, person_images, early, late)
+
+        scheduler = self.make_scheduler(settings.scheduler)
+        scheduler.set_timesteps(settings.steps, device=self.device)
+        if latents is None:
+            latents = self.initial_latents(settings.seed, latent_size, scheduler.init_noise_sigma)
+        step_kwargs = {"eta": settings.eta} if settings.scheduler == "ddim" else {}
+        soft_steps = harmony_steps(settings.steps, settings.harmony)
+        total = len(scheduler.timesteps)
+
+        composing = settings.method == "finecontrol"
+        with FeatureComposer(self.unet) if composing else nullcontext() as composer:
+            for i, t in enumerate(scheduler.timesteps):
+                model_input = scheduler.scale_model_input(latents, t)
+                masks = branches.masks[int(uses_soft_masks(i, total, soft_steps))] if composing else None
+                e_neg, e_pos = self._predict_noise(settings.method, branches, model_input, t, masks, composer)
+                eps = e_neg + settings.guidance_scale * (e_pos - e_neg)
+                if callback is not None:
+                    alpha = scheduler.alphas_cumprod[int(t)].to(latents.device, latents.dtype)
+                    callback(i, total, (latents - (1 - alpha).sqrt() * eps) / alpha.sqrt())
+                latents = scheduler.step(eps, t, latents, **step_kwargs).prev_sample
+
+        return Generation(
+            image=self.decode(latents),
+            latents=latents,
+            control_image=control_image,
+            person_control_images=person_images,
+            raw_masks=raw,
+            early_masks=early.numpy(),
+            late_masks=late.numpy(),
+            prompts=prompts,
+            scene=scene,
+            settings=settings,
+        )
+
+    def _branches(self, settings, scene, prompts, control_image, person_images, early, late) -> _Branches:
+        """Batched prompt embeddings, control images and scales for the method, negative half first."""
+        if settings.method == "controlnet":
+            images, people = [control_image], 1
+            scales = [settings.control_strength]
+            context = self.encode_prompts([prompts.global_negative, prompts.global_prompt])
+            return _Branches(1, context, self._image_batch(images * 2), self._scales(scales * 2), context)
+        people = len(scene.people)
+        scales = [settings.control_strength if p.control_strength is None else p.control_strength for p in scene.people]
+        context = self.encode_prompts(prompts.people_negative + prompts.people)
+        if settings.method == "multicontrolnet":
+            unet_context = self.encode_prompts([prompts.global_negative, prompts.global_prompt])
+            masks = []
+        else:
+            unet_context = context
+            masks = [MaskPyramid(early.to(self.device, self.dtype)), MaskPyramid(late.to(self.device, self.dtype))]
+        return _Branches(
+            people, context, self._image_batch(person_images * 2), self._scales(scales * 2), unet_context, masks
+        )
+
+    def _image_batch(self, images: list[np.ndarray]) -> torch.Tensor:
+        batch = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2)
+        return (batch.to(self.device, self.dtype) / 255.0).contiguous()
+
+    def _scales(self, values: list[float]) -> torch.Tensor:
+        return torch.tensor(values, device=self.device, dtype=self.dtype).view(-1, 1, 1, 1)
+
+    def _predict_noise(self, method, branches, latents, t, masks, composer) -> tuple[torch.Tensor, torch.Tensor]:
+        """Unconditional and conditional eps, (1, C, h, w) each, from one ControlNet and one UNet call."""
+        down, mid = self.controlnet(
+            latents.expand(2 * branches.people, -1, -1, -1), t,
+            encoder_hidden_states=branches.controlnet_context,
+            controlnet_cond=branches.control_images,
+            conditioning_scale=branches.control_scales,
+            return_dict=False,
+        )
+        if method == "finecontrol":
+            down = compose_residuals(list(down), masks, self.split)
+            composer.masks = masks.masks
+        elif method == "multicontrolnet":
+            down = [sum_over_people(d, branches.people) for d in down]
+            mid = sum_over_people(mid, branches.people)
+        eps = self.unet(
+            latents.expand(branches.unet_context.shape[0], -1, -1, -1), t,
+            encoder_hidden_states=branches.unet_context,
+            down_block_additional_residuals=down,
+            mid_block_additional_residual=mid,
+            return_dict=False,
+        )[0]
+        return eps[0:1], eps[1:2]

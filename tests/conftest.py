@@ -1,0 +1,35 @@
+import numpy as np
+import pytest
+import torch
+
+from finecontrol.models import tiny_pipeline
+from finecontrol.pose import template_pose
+from finecontrol.scene import Person, Scene
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def tiny():
+    """The SD-shaped tiny random model, built once for the whole run."""
+    return tiny_pipeline()
+
+
+def make_scene(people: list[tuple[str, str, float]], width: int = 512, height: int = 512, setting: str = "") -> Scene:
+    """A scene from (template, prompt, centre x) triples, feet near the bottom of the canvas."""
+    return Scene(
+        width=width,
+        height=height,
+        people=[Person(template_pose(t, x, height - 20, height * 0.75), prompt=p) for t, p, x in people],
+        setting=setting,
+    )
+
+
+@pytest.fixture
+def two_people() -> Scene:
+    return make_scene([("walking", "an astronaut", 170.0), ("arms_up", "a samurai", 340.0)], setting="in a forest")
+
+
+def assert_close(a: torch.Tensor, b: torch.Tensor, atol: float) -> None:
+    diff = (a - b).abs().max().item()
+    assert diff <= atol, f"max difference {diff:.3g} > {atol:.3g}"
