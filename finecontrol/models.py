@@ -6,13 +6,14 @@ UNet, scheduler) plus an OpenPose ControlNet.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 from pathlib import Path
 
 import torch
 
-from finecontrol.pipeline import FineControlPipeline
+from finecontrol.pipeline import MODEL_INFO, FineControlPipeline
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 TINY_TOKENIZER = ASSETS / "tokenizers" / "tiny"
@@ -76,10 +77,10 @@ def _load_pretrained(base: str, controlnet: str) -> FineControlPipeline:
         "scheduler": (DDIMScheduler, base, "scheduler"),
         "controlnet": (ControlNetModel, controlnet, None),
     }
-    loaded = {}
-    for key, (cls, source, subfolder) in parts.items():
-        loaded[key] = _from_pretrained(cls, source, subfolder)
-    return FineControlPipeline(**loaded)
+    loaded = {key: _from_pretrained(cls, source, subfolder) for key, (cls, source, subfolder) in parts.items()}
+    info = Path(base) / MODEL_INFO
+    resolution = json.loads(info.read_text()).get("resolution") if info.is_file() else None
+    return FineControlPipeline(**loaded, resolution=resolution)
 
 
 def _from_pretrained(cls, source: str, subfolder: str | None):

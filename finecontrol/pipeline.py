@@ -13,10 +13,12 @@ classifier-free-guidance halves.
 
 from __future__ import annotations
 
+import json
 import math
 import random
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -30,6 +32,7 @@ from finecontrol.scene import MAX_CANVAS, MIN_CANVAS, Scene, SceneError
 METHODS = ("finecontrol", "controlnet", "multicontrolnet")
 SCHEDULERS = ("ddim", "dpm++", "unipc")
 MAX_SEED = 2**32 - 1
+MODEL_INFO = "finecontrol.json"  # what a saved model folder declares beyond diffusers' configs
 
 StepCallback = Callable[[int, int, torch.Tensor], None]
 """Called after each step with (step index from 0, total steps, current x0 estimate latents)."""
@@ -174,7 +177,6 @@ class FineControlPipeline:
         self.unet, self.controlnet, self.scheduler = unet, controlnet, scheduler
         self.resolution = resolution
         self.vae_scale = 2 ** (len(vae.config.block_out_channels) - 1)
-        self.size_multiple = self.vae_scale * 2 ** (len(unet.config.block_out_channels) - 1)
         self.num_residuals = len(controlnet.controlnet_down_blocks)
         expected = 1 + sum(len(b.resnets) + (b.downsamplers is not None) for b in unet.down_blocks)
         if self.num_residuals != expected:
@@ -200,16 +202,24 @@ class FineControlPipeline:
                 module.to(dtype)
         return self
 
+    def save_pretrained(self, folder: str | Path) -> None:
+        """Write every component in diffusers layout (plus `controlnet/` and `finecontrol.json`),
+        a folder that `load_model(folder)` reads back."""
+        folder = Path(folder)
+        for name in ("vae", "text_encoder", "tokenizer", "unet", "controlnet", "scheduler"):
+            getattr(self, name).save_pretrained(folder / name)
+        (folder / MODEL_INFO).write_text(json.dumps({"resolution": self.resolution}) + "\n")
+
     def generation_size(self, scene: Scene, settings: Settings) -> tuple[int, int]:
-        """(width, height) in pixels: the settings' override, else the scene's canvas scaled to
-        the model's native resolution (each side a multiple of `size_multiple`), else the canvas."""
+        """(width, height) in pixels: the settings' override, else the scene's canvas scaled so
+        its longer side is the model's native resolution (sides rounded to multiples of 8), else
+        the canvas itself."""
         if settings.width is not None:
             return settings.width, settings.height
         if self.resolution is None:
             return scene.width, scene.height
         scale = self.resolution / max(scene.width, scene.height)
-        m = self.size_multiple
-        return tuple(max(m, round(side * scale / m) * m) for side in (scene.width, scene.height))
+        return tuple(max(8, round(side * scale / 8) * 8) for side in (scene.width, scene.height))
 
     def make_scheduler(self, name: str):
         """A fresh scheduler; DDIM uses the "leading" grid with offset 1, as the original sampler."""
