@@ -28,6 +28,7 @@ _KNOBS = {
     "dilation": "mask_dilation", "blur": "mask_blur", "scheduler": "scheduler",
     "suffix": "quality_suffix", "width": "width", "height": "height",
 }
+_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -71,6 +72,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="tiny", help="tiny, sd15, a hub id or a local folder (default: tiny)")
     parser.add_argument("--controlnet", help="OpenPose ControlNet hub id or folder (default: lllyasviel/control_v11p_sd15_openpose)")
     parser.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
+    parser.add_argument("--dtype", choices=sorted(_DTYPES), help="weights and compute (default: float16 on CUDA, float32 on CPU)")
     parser.add_argument("--steps", type=int)
     parser.add_argument("--guidance", type=float, help="classifier-free guidance scale (9.0)")
     parser.add_argument("--strength", type=float, help="ControlNet strength for people without their own (1.5)")
@@ -106,7 +108,10 @@ def _settings(args: argparse.Namespace, stored: Settings | None) -> Settings:
 def _load(args: argparse.Namespace):
     from finecontrol.models import load_model
 
-    return load_model(args.model, controlnet=args.controlnet, device=args.device)
+    import torch
+
+    dtype = getattr(torch, _DTYPES[args.dtype]) if args.dtype else None
+    return load_model(args.model, controlnet=args.controlnet, device=args.device, dtype=dtype)
 
 
 class _Progress:

@@ -319,10 +319,9 @@ class FineControlPipeline:
     def _branches(self, settings, scene, prompts, control_image, person_images, early, late) -> _Branches:
         """Batched prompt embeddings, control images and scales for the method, negative half first."""
         if settings.method == "controlnet":
-            images, people = [control_image], 1
-            scales = [settings.control_strength]
             context = self.encode_prompts([prompts.global_negative, prompts.global_prompt])
-            return _Branches(1, context, self._image_batch(images * 2), self._scales(scales * 2), context)
+            images, scales = self._image_batch([control_image] * 2), self._scales([settings.control_strength] * 2)
+            return _Branches(1, context, images, scales, context)
         people = len(scene.people)
         scales = [settings.control_strength if p.control_strength is None else p.control_strength for p in scene.people]
         context = self.encode_prompts(prompts.people_negative + prompts.people)

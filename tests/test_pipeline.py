@@ -259,3 +259,12 @@ def test_empty_scene_is_refused_with_a_clear_message(tiny):
 def test_settings_are_validated(bad, message):
     with pytest.raises(ValueError, match=message):
         Settings(**bad)
+
+
+def test_half_precision_runs_end_to_end(two_people):
+    from finecontrol.models import load_model
+
+    pipe = load_model("tiny", device="cpu", dtype=torch.bfloat16)
+    result = pipe(two_people, Settings(steps=3))
+    assert result.latents.dtype == torch.bfloat16 and torch.isfinite(result.latents.float()).all()
+    assert np.asarray(result.image).std() > 0
