@@ -15,10 +15,10 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from finecontrol.pipeline import METHODS, SCHEDULERS, Settings, random_seed
-from finecontrol.render import hard_masks, mask_overlay, scene_maps, soft_masks, upsample_masks
+from finecontrol.render import labelled_grid, mask_previews
 from finecontrol.scene import Scene, SceneError, load_scene
 
 # Command-line flag -> Settings field.
@@ -172,34 +172,11 @@ def _masks(args: argparse.Namespace) -> int:
     if not scene.people:
         raise SceneError("the scene has no people: add at least one person")
     settings = _settings(args, Settings())
-    size = (scene.width, scene.height)
-    control, _, raw = scene_maps(
-        [p.keypoints for p in scene.people], size, size, (scene.height // 8, scene.width // 8),
-        settings.mask_dilation, settings.mask_blur,
+    panels = mask_previews(
+        [p.keypoints for p in scene.people], (scene.width, scene.height),
+        settings.mask_dilation, settings.mask_blur, settings.temperature,
     )
-    import torch
-
-    raw_t = torch.from_numpy(raw)
-    panels = [
-        mask_overlay(upsample_masks(masks.numpy(), size), control)
-        for masks in (hard_masks(raw_t, settings.temperature), soft_masks(raw_t, settings.temperature))
-    ]
     grid = labelled_grid([[Image.fromarray(p) for p in panels]], ["early steps (hard)", "late steps (soft)"], [""])
     grid.save(args.out)
     print(f"wrote {args.out}")
     return 0
-
-
-def labelled_grid(images: list[list[Image.Image]], columns: list[str], rows: list[str]) -> Image.Image:
-    """Images in a grid with a header per column and a label per row."""
-    w, h = images[0][0].size
-    top, left = 24, 64 if any(rows) else 0
-    grid = Image.new("RGB", (left + w * len(columns), top + h * len(rows)), "white")
-    draw = ImageDraw.Draw(grid)
-    for j, name in enumerate(columns):
-        draw.text((left + j * w + 4, 6), name, fill="black")
-    for i, (label, row) in enumerate(zip(rows, images)):
-        draw.text((4, top + i * h + h // 2 - 6), label, fill="black")
-        for j, image in enumerate(row):
-            grid.paste(image, (left + j * w, top + i * h))
-    return grid

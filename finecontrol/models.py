@@ -118,6 +118,36 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
+DEFAULT_ANNOTATORS = "lllyasviel/Annotators"
+
+
+def load_pose_detector(source: str = DEFAULT_ANNOTATORS):
+    """controlnet_aux's OpenPose detector from a local folder (body_pose_model.pth,
+    hand_pose_model.pth, facenet.pth) or the hub; returns `detect(rgb_array) -> bodies`, each body
+    18 normalised (x, y) keypoints or None. Offline without the files it fails fast."""
+    from controlnet_aux import OpenposeDetector
+
+    if not Path(source).is_dir():
+        try:
+            detector = OpenposeDetector.from_pretrained(source, local_files_only=True)
+        except Exception:
+            if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false") or not _hub_reachable():
+                raise ModelNotAvailableError(
+                    f"the OpenPose detector weights ({source}) are not here and the hub cannot be reached; "
+                    f"on a machine with internet run `hf download {source} body_pose_model.pth hand_pose_model.pth "
+                    f"facenet.pth --local-dir annotators`, copy the folder here and start the app with --annotators annotators"
+                ) from None
+            detector = OpenposeDetector.from_pretrained(source)
+    else:
+        detector = OpenposeDetector.from_pretrained(source)
+
+    def detect(image):
+        return [[(k.x, k.y) if k is not None else None for k in result.body.keypoints]
+                for result in detector.detect_poses(image)]
+
+    return detect
+
+
 def tiny_tokenizer():
     """The tiny model's tokenizer, from the files shipped in assets."""
     from transformers import CLIPTokenizer

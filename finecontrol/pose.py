@@ -39,7 +39,7 @@ LEFT_RIGHT_PAIRS: tuple[tuple[int, int], ...] = (
 
 # Templates in body units: x right, y down, the figure about one unit tall, origin between the
 # feet. "Right" keypoints are the person's right, drawn on the image's left (facing the viewer).
-_TEMPLATE_XY: dict[str, tuple[tuple[float, float], ...]] = {
+TEMPLATE_XY: dict[str, tuple[tuple[float, float], ...]] = {
     "standing": (
         (0.0, -0.92), (0.0, -0.82),
         (-0.10, -0.82), (-0.13, -0.67), (-0.14, -0.53),
@@ -73,14 +73,14 @@ _TEMPLATE_XY: dict[str, tuple[tuple[float, float], ...]] = {
         (-0.025, -0.935), (0.025, -0.935), (-0.05, -0.92), (0.05, -0.92),
     ),
 }
-TEMPLATE_NAMES: tuple[str, ...] = tuple(_TEMPLATE_XY)
+TEMPLATE_NAMES: tuple[str, ...] = tuple(TEMPLATE_XY)
 
 
 def template_pose(name: str, center_x: float, feet_y: float, height: float) -> np.ndarray:
     """A template pose placed with its feet midpoint at (center_x, feet_y), `height` pixels tall."""
-    if name not in _TEMPLATE_XY:
+    if name not in TEMPLATE_XY:
         raise ValueError(f"unknown pose template {name!r}; choose one of {', '.join(TEMPLATE_NAMES)}")
-    xy = np.round(np.asarray(_TEMPLATE_XY[name], dtype=np.float64) * height + (center_x, feet_y), 2)
+    xy = np.round(np.asarray(TEMPLATE_XY[name], dtype=np.float64) * height + (center_x, feet_y), 2)
     return np.concatenate([xy, np.ones((NUM_KEYPOINTS, 1))], axis=1)
 
 

@@ -12,6 +12,7 @@ import math
 import cv2
 import numpy as np
 import torch
+from PIL import Image, ImageDraw
 
 from finecontrol.pose import LIMB_COLORS, LIMBS
 
@@ -164,3 +165,36 @@ def scene_maps(
 def upsample_masks(masks: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Latent-size masks (N, h, w) -> image size `size` = (W, H), nearest neighbour (what the model sees)."""
     return np.stack([cv2.resize(m, size, interpolation=cv2.INTER_NEAREST) for m in masks])
+
+
+def mask_previews(
+    poses: list[np.ndarray],
+    canvas_size: tuple[int, int],
+    dilation: int | None = None,
+    blur_sigma: float = DEFAULT_MASK_BLUR,
+    temperature: float = 0.001,
+) -> list[np.ndarray]:
+    """Skeletons over each person's region at canvas size, for the early (hard) and the late
+    (soft) steps, with masks computed on the canvas's 1/8 latent grid (no model needed)."""
+    width, height = canvas_size
+    control, _, raw = scene_maps(poses, canvas_size, canvas_size, (height // 8, width // 8), dilation, blur_sigma)
+    raw_t = torch.from_numpy(raw)
+    return [
+        mask_overlay(upsample_masks(masks.numpy(), canvas_size), control)
+        for masks in (hard_masks(raw_t, temperature), soft_masks(raw_t, temperature))
+    ]
+
+
+def labelled_grid(images: list[list[Image.Image]], columns: list[str], rows: list[str]) -> Image.Image:
+    """Images in a grid with a header per column and a label per row."""
+    w, h = images[0][0].size
+    top, left = 24, 64 if any(rows) else 0
+    grid = Image.new("RGB", (left + w * len(columns), top + h * len(rows)), "white")
+    draw = ImageDraw.Draw(grid)
+    for j, name in enumerate(columns):
+        draw.text((left + j * w + 4, 6), name, fill="black")
+    for i, (label, row) in enumerate(zip(rows, images)):
+        draw.text((4, top + i * h + h // 2 - 6), label, fill="black")
+        for j, image in enumerate(row):
+            grid.paste(image, (left + j * w, top + i * h))
+    return grid

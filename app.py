@@ -1,0 +1,65 @@
+"""FineControl Studio: `python app.py [--model tiny|sd15|HUB_ID|FOLDER] [--host 127.0.0.1] [--port 7860]`.
+
+Parses flags, loads the model once, builds the UI and launches it with a queue. The model
+defaults to $FINECONTROL_MODEL, else the real SD1.5 + OpenPose ControlNet pair when CUDA is
+present and the offline `tiny` model otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+import torch
+
+from finecontrol.models import DEFAULT_ANNOTATORS
+from finecontrol.pipeline import Generation, Settings, StepCallback
+from finecontrol.scene import Scene
+from finecontrol.ui.demo import build_demo
+from finecontrol.ui.engine import Engine
+
+try:  # Hugging Face Spaces: ZeroGPU lends a GPU for the decorated call only; elsewhere a no-op
+    import spaces
+
+    gpu = spaces.GPU(duration=120)
+except ImportError:
+    def gpu(fn):
+        return fn
+
+
+def default_model() -> str:
+    return os.environ.get("FINECONTROL_MODEL") or ("sd15" if torch.cuda.is_available() else "tiny")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="FineControl Studio")
+    parser.add_argument("--model", default=default_model(),
+                        help="tiny, sd15, a hub id or a local folder (default: $FINECONTROL_MODEL, "
+                             "else sd15 with CUDA, else tiny)")
+    parser.add_argument("--controlnet", default=os.environ.get("FINECONTROL_CONTROLNET"),
+                        help="OpenPose ControlNet hub id or folder")
+    parser.add_argument("--annotators", default=os.environ.get("FINECONTROL_ANNOTATORS", DEFAULT_ANNOTATORS),
+                        help="OpenPose detector weights for pose-from-photo (hub id or folder)")
+    parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
+    parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
+    return parser.parse_args(argv)
+
+
+def main() -> None:
+    args = parse_args()
+    engine = Engine.load(args.model, args.controlnet)
+    if engine.error:
+        print(f"warning: {engine.error}")
+
+    @gpu
+    def run(scene: Scene, settings: Settings, on_step: StepCallback | None) -> Generation:
+        return engine.pipe(scene, settings, callback=on_step)
+
+    engine.run = run
+    demo = build_demo(engine, annotators=args.annotators)
+    demo.queue(max_size=20, default_concurrency_limit=1)
+    demo.launch(server_name=args.host, server_port=args.port)
+
+
+if __name__ == "__main__":
+    main()

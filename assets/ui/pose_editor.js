@@ -1,0 +1,434 @@
+// FineControl pose editor: the body of gr.HTML's js_on_load (given: element, trigger, props, watch).
+// The component's value is the scene (OpenPose JSON plus prompts). Every edit commits a new object
+// with `props.value = ...`; values pushed from Python arrive through watch('value').
+const LIMBS = [[1, 2], [1, 5], [2, 3], [3, 4], [5, 6], [6, 7], [1, 8], [8, 9], [9, 10], [1, 11],
+  [11, 12], [12, 13], [1, 0], [0, 14], [14, 16], [0, 15], [15, 17]];
+const LEFT_RIGHT = [[2, 5], [3, 6], [4, 7], [8, 11], [9, 12], [10, 13], [14, 15], [16, 17]];
+const COLORS = props.colors;
+const TEMPLATES = props.templates;
+const MAX_PEOPLE = props.max_people;
+const SIZES = props.sizes;
+
+const canvas = element.querySelector('.fc-canvas');
+const ctx = canvas.getContext('2d');
+const cards = element.querySelector('.fc-people');
+const status = element.querySelector('.fc-status');
+const sizeSelect = element.querySelector('.fc-size');
+const templateSelect = element.querySelector('.fc-template');
+
+const clone = (v) => JSON.parse(JSON.stringify(v));
+let committed = normalise(props.value);
+let scene = clone(committed);
+let selected = scene.people.length ? 0 : -1;
+let drag = null;
+let lastMergeKey = null;
+let background = null;
+const undoStack = [];
+const redoStack = [];
+
+function normalise(value) {
+  const v = (value && typeof value === 'object') ? clone(value) : {};
+  v.canvas_width = v.canvas_width || 512;
+  v.canvas_height = v.canvas_height || 512;
+  v.people = Array.isArray(v.people) ? v.people : [];
+  return v;
+}
+
+// ---- scene edits (pure on a copy of `scene`) -------------------------------------------------
+const points = (person) => {
+  const k = person.pose_keypoints_2d;
+  return Array.from({ length: 18 }, (_, j) => [k[3 * j], k[3 * j + 1], k[3 * j + 2]]);
+};
+const setPoints = (person, pts) => { person.pose_keypoints_2d = pts.flat(); };
+
+function centre(person) {
+  const shown = points(person).filter((p) => p[2] > 0);
+  const xs = shown.map((p) => p[0]);
+  const ys = shown.map((p) => p[1]);
+  return [(Math.min(...xs) + Math.max(...xs)) / 2, (Math.min(...ys) + Math.max(...ys)) / 2];
+}
+
+function transform(person, fn) {
+  const [cx, cy] = centre(person);
+  setPoints(person, points(person).map(([x, y, c]) => { const [nx, ny] = fn(x - cx, y - cy); return [nx + cx, ny + cy, c]; }));
+}
+
+function newPerson(template) {
+  const n = scene.people.length;
+  const w = scene.canvas_width;
+  const h = scene.canvas_height;
+  const height = h * 0.7;
+  const cx = w * (0.2 + 0.6 * ((n * 0.618) % 1));
+  const feet = h * 0.95;
+  const pts = TEMPLATES[template].map(([x, y]) => [cx + x * height, feet + y * height, 1]);
+  return { pose_keypoints_2d: pts.flat(), prompt: '' };
+}
+
+function say(text) { status.dataset.message = text || ''; refreshStatus(); }
+
+const actions = {
+  add() {
+    if (scene.people.length >= MAX_PEOPLE) return say(`At most ${MAX_PEOPLE} people.`);
+    scene.people.push(newPerson(templateSelect.value));
+    selected = scene.people.length - 1;
+    commit();
+  },
+  duplicate() {
+    if (selected < 0) return say('Select a person first (click a skeleton).');
+    if (scene.people.length >= MAX_PEOPLE) return say(`At most ${MAX_PEOPLE} people.`);
+    const copy = clone(scene.people[selected]);
+    const shift = scene.canvas_width * 0.06;
+    setPoints(copy, points(copy).map(([x, y, c]) => [x + shift, y, c]));
+    scene.people.push(copy);
+    selected = scene.people.length - 1;
+    commit();
+  },
+  delete() {
+    if (selected < 0) return say('Select a person first (click a skeleton).');
+    scene.people.splice(selected, 1);
+    selected = Math.min(selected, scene.people.length - 1);
+    commit();
+  },
+  mirror() { editSelected((p) => {
+    const [cx] = centre(p);
+    const pts = points(p).map(([x, y, c]) => [2 * cx - x, y, c]);
+    for (const [r, l] of LEFT_RIGHT) [pts[r], pts[l]] = [pts[l], pts[r]];
+    setPoints(p, pts);
+  }); },
+  bigger() { editSelected((p) => transform(p, (x, y) => [x * 1.1, y * 1.1])); },
+  smaller() { editSelected((p) => transform(p, (x, y) => [x / 1.1, y / 1.1])); },
+  rotate_left() { rotateSelected(-15); },
+  rotate_right() { rotateSelected(15); },
+  undo() { undo(); },
+  redo() { redo(); },
+  clear_background() { background = null; draw(); },
+};
+
+function rotateSelected(degrees, mergeKey) {
+  const a = degrees * Math.PI / 180;
+  editSelected((p) => transform(p, (x, y) => [x * Math.cos(a) - y * Math.sin(a), x * Math.sin(a) + y * Math.cos(a)]), mergeKey);
+}
+
+function editSelected(fn, mergeKey) {
+  if (selected < 0) return say('Select a person first (click a skeleton).');
+  fn(scene.people[selected]);
+  commit(mergeKey);
+}
+
+// ---- history and syncing with Python ---------------------------------------------------------
+function commit(mergeKey) {
+  if (!(mergeKey && mergeKey === lastMergeKey)) {
+    undoStack.push(JSON.stringify(committed));
+    if (undoStack.length > 200) undoStack.shift();
+  }
+  lastMergeKey = mergeKey || null;
+  redoStack.length = 0;
+  committed = clone(scene);
+  props.value = clone(scene);
+  say('');
+  refresh();
+}
+
+function restore(text) {
+  committed = JSON.parse(text);
+  scene = clone(committed);
+  selected = Math.min(Math.max(selected, 0), scene.people.length - 1);
+  lastMergeKey = null;
+  props.value = clone(committed);
+  refresh();
+}
+
+function undo() {
+  if (!undoStack.length) return say('Nothing to undo.');
+  redoStack.push(JSON.stringify(committed));
+  restore(undoStack.pop());
+}
+
+function redo() {
+  if (!redoStack.length) return say('Nothing to redo.');
+  undoStack.push(JSON.stringify(committed));
+  restore(redoStack.pop());
+}
+
+watch('value', () => {
+  const incoming = normalise(props.value);
+  if (JSON.stringify(incoming) === JSON.stringify(committed)) return;
+  undoStack.push(JSON.stringify(committed));  // an import or preset can be undone too
+  redoStack.length = 0;
+  committed = incoming;
+  scene = clone(incoming);
+  selected = scene.people.length ? 0 : -1;
+  lastMergeKey = null;
+  refresh();
+});
+
+// ---- drawing ---------------------------------------------------------------------------------
+function draw() {
+  if (canvas.width !== scene.canvas_width || canvas.height !== scene.canvas_height) {
+    canvas.width = scene.canvas_width;
+    canvas.height = scene.canvas_height;
+  }
+  ctx.fillStyle = '#101014';
+  ctx.fillRect(0, 0, canvas.width, canvas.height);
+  if (background) {
+    const s = Math.max(canvas.width / background.width, canvas.height / background.height);
+    ctx.globalAlpha = 0.35;
+    ctx.drawImage(background, (canvas.width - background.width * s) / 2, (canvas.height - background.height * s) / 2,
+      background.width * s, background.height * s);
+    ctx.globalAlpha = 1;
+  }
+  scene.people.forEach((p, i) => drawPerson(p, i));
+}
+
+function drawPerson(person, index) {
+  const pts = points(person);
+  const color = COLORS[index % COLORS.length];
+  const unit = canvas.width / 512;
+  ctx.lineCap = 'round';
+  for (const [a, b] of LIMBS) {
+    if (pts[a][2] <= 0 || pts[b][2] <= 0) continue;
+    ctx.strokeStyle = color;
+    ctx.lineWidth = (index === selected ? 7 : 5) * unit;
+    ctx.beginPath();
+    ctx.moveTo(pts[a][0], pts[a][1]);
+    ctx.lineTo(pts[b][0], pts[b][1]);
+    ctx.stroke();
+  }
+  pts.forEach(([x, y, c]) => {
+    ctx.beginPath();
+    ctx.arc(x, y, 5 * unit, 0, 2 * Math.PI);
+    if (c > 0) { ctx.fillStyle = '#fff'; ctx.fill(); }
+    ctx.lineWidth = 2 * unit;
+    ctx.strokeStyle = c > 0 ? color : '#888';
+    ctx.stroke();
+  });
+  const head = pts[0][2] > 0 ? pts[0] : pts[1];
+  ctx.fillStyle = color;
+  ctx.beginPath();
+  ctx.arc(head[0], head[1] - 30 * unit, 12 * unit, 0, 2 * Math.PI);
+  ctx.fill();
+  ctx.fillStyle = '#fff';
+  ctx.font = `bold ${14 * unit}px sans-serif`;
+  ctx.textAlign = 'center';
+  ctx.textBaseline = 'middle';
+  ctx.fillText(String(index + 1), head[0], head[1] - 30 * unit);
+}
+
+// ---- prompt cards ----------------------------------------------------------------------------
+function buildCards() {
+  cards.innerHTML = '';
+  scene.people.forEach((person, i) => {
+    const color = COLORS[i % COLORS.length];
+    const card = document.createElement('div');
+    card.className = 'fc-card';
+    card.dataset.index = i;
+    card.style.borderColor = color;
+    card.innerHTML = `
+      <div class="fc-card-head"><span class="fc-badge">${i + 1}</span><span>Person ${i + 1}</span></div>
+      <textarea class="fc-prompt" rows="2" aria-label="Person ${i + 1} prompt"
+        placeholder="Who is person ${i + 1}? e.g. an astronaut in a white suit"></textarea>
+      <details><summary>negative prompt, control strength</summary>
+        <input class="fc-negative" type="text" aria-label="Person ${i + 1} negative prompt"
+          placeholder="negative prompt (empty: the global one)">
+        <label>control strength <input class="fc-strength" type="number" min="0" max="5" step="0.1"
+          aria-label="Person ${i + 1} control strength" placeholder="global"></label>
+      </details>`;
+    card.querySelector('.fc-badge').style.background = color;
+    card.addEventListener('pointerdown', () => { if (selected !== i) { selected = i; draw(); refreshStatus(); } });
+    bindField(card.querySelector('.fc-prompt'), i, 'prompt', (v) => v);
+    bindField(card.querySelector('.fc-negative'), i, 'negative_prompt', (v) => (v === '' ? undefined : v));
+    bindField(card.querySelector('.fc-strength'), i, 'control_strength', (v) => (v === '' ? undefined : Number(v)));
+    cards.appendChild(card);
+  });
+}
+
+function bindField(input, index, key, parse) {
+  input.addEventListener('input', () => {
+    const value = parse(input.value);
+    if (value === undefined) delete scene.people[index][key]; else scene.people[index][key] = value;
+    commit(`field-${index}-${key}`);
+  });
+}
+
+function fillCards() {
+  cards.querySelectorAll('.fc-card').forEach((card) => {
+    const person = scene.people[Number(card.dataset.index)];
+    const fields = [['.fc-prompt', person.prompt ?? ''], ['.fc-negative', person.negative_prompt ?? ''],
+      ['.fc-strength', person.control_strength ?? '']];
+    for (const [selector, value] of fields) {
+      const input = card.querySelector(selector);
+      if (document.activeElement !== input && input.value !== String(value)) input.value = String(value);
+    }
+    card.classList.toggle('fc-selected', Number(card.dataset.index) === selected);
+  });
+}
+
+function refreshStatus() {
+  const n = scene.people.length;
+  const parts = [`${n} ${n === 1 ? 'person' : 'people'}`, `${scene.canvas_width}x${scene.canvas_height}`];
+  if (selected >= 0) parts.push(`selected: person ${selected + 1}`);
+  if (!n) parts.push('add a person to start');
+  status.textContent = parts.join(' | ') + (status.dataset.message ? ` - ${status.dataset.message}` : '');
+}
+
+function refreshSizes() {
+  const current = `${scene.canvas_width}x${scene.canvas_height}`;
+  const options = SIZES.map(([w, h, label]) => [`${w}x${h}`, label]);
+  if (!options.some(([v]) => v === current)) options.push([current, `custom ${current}`]);
+  sizeSelect.innerHTML = options.map(([v, label]) => `<option value="${v}">${label}</option>`).join('');
+  sizeSelect.value = current;
+}
+
+function refresh() {
+  if (cards.children.length !== scene.people.length) buildCards();
+  fillCards();
+  refreshSizes();
+  refreshStatus();
+  element.dataset.scene = JSON.stringify(committed);
+  draw();
+}
+
+// ---- pointer interaction ---------------------------------------------------------------------
+function canvasPoint(event) {
+  const r = canvas.getBoundingClientRect();
+  return [(event.clientX - r.left) * canvas.width / r.width, (event.clientY - r.top) * canvas.height / r.height];
+}
+
+function tolerance() { return 12 * canvas.width / canvas.getBoundingClientRect().width; }
+
+function order() {  // the selected person first, then the top-most drawn
+  const idx = scene.people.map((_, i) => i).reverse();
+  return selected >= 0 ? [selected, ...idx.filter((i) => i !== selected)] : idx;
+}
+
+function hitJoint(x, y) {
+  for (const i of order()) {
+    const pts = points(scene.people[i]);
+    for (let j = 0; j < 18; j++) if (Math.hypot(pts[j][0] - x, pts[j][1] - y) <= tolerance()) return [i, j];
+  }
+  return null;
+}
+
+function hitBody(x, y) {
+  for (const i of order()) {
+    const pts = points(scene.people[i]);
+    for (const [a, b] of LIMBS) {
+      if (pts[a][2] <= 0 || pts[b][2] <= 0) continue;
+      if (segmentDistance(x, y, pts[a], pts[b]) <= tolerance()) return i;
+    }
+  }
+  return -1;
+}
+
+function segmentDistance(x, y, [ax, ay], [bx, by]) {
+  const dx = bx - ax;
+  const dy = by - ay;
+  const t = Math.max(0, Math.min(1, ((x - ax) * dx + (y - ay) * dy) / (dx * dx + dy * dy || 1)));
+  return Math.hypot(x - ax - t * dx, y - ay - t * dy);
+}
+
+canvas.addEventListener('pointerdown', (event) => {
+  const [x, y] = canvasPoint(event);
+  const joint = hitJoint(x, y);
+  const body = joint ? joint[0] : hitBody(x, y);
+  selected = body;
+  if (body >= 0) {
+    drag = { person: body, joint: joint ? joint[1] : null, start: [x, y], original: clone(scene.people[body]), moved: false };
+    canvas.setPointerCapture(event.pointerId);
+  }
+  canvas.focus();
+  refresh();
+});
+
+canvas.addEventListener('pointermove', (event) => {
+  if (!drag) {
+    const [x, y] = canvasPoint(event);
+    canvas.style.cursor = hitJoint(x, y) ? 'crosshair' : hitBody(x, y) >= 0 ? 'move' : 'default';
+    return;
+  }
+  const [x, y] = canvasPoint(event);
+  const dx = x - drag.start[0];
+  const dy = y - drag.start[1];
+  const pts = points(drag.original);
+  if (drag.joint !== null) pts[drag.joint] = [pts[drag.joint][0] + dx, pts[drag.joint][1] + dy, pts[drag.joint][2]];
+  else pts.forEach((p) => { p[0] += dx; p[1] += dy; });
+  setPoints(scene.people[drag.person], pts);
+  drag.moved = true;
+  draw();
+});
+
+function endDrag() {
+  if (drag && drag.moved) commit();
+  drag = null;
+}
+canvas.addEventListener('pointerup', endDrag);
+canvas.addEventListener('pointercancel', endDrag);
+
+canvas.addEventListener('dblclick', (event) => {
+  const hit = hitJoint(...canvasPoint(event));
+  if (!hit) return;
+  const [i, j] = hit;
+  const pts = points(scene.people[i]);
+  pts[j][2] = pts[j][2] > 0 ? 0 : 1;
+  setPoints(scene.people[i], pts);
+  selected = i;
+  commit();
+});
+
+canvas.addEventListener('wheel', (event) => {
+  if (selected < 0) return;
+  event.preventDefault();
+  if (event.shiftKey) rotateSelected(event.deltaY > 0 ? 5 : -5, `wheel-rotate-${selected}`);
+  else {
+    const f = event.deltaY > 0 ? 1 / 1.05 : 1.05;
+    editSelected((p) => transform(p, (x, y) => [x * f, y * f]), `wheel-scale-${selected}`);
+  }
+}, { passive: false });
+
+// ---- toolbar and keyboard --------------------------------------------------------------------
+element.querySelectorAll('[data-action]').forEach((button) => {
+  button.addEventListener('click', () => actions[button.dataset.action]());
+});
+
+sizeSelect.addEventListener('change', () => {
+  const [w, h] = sizeSelect.value.split('x').map(Number);
+  const sx = w / scene.canvas_width;
+  const sy = h / scene.canvas_height;
+  scene.people.forEach((p) => setPoints(p, points(p).map(([x, y, c]) => [x * sx, y * sy, c])));
+  scene.canvas_width = w;
+  scene.canvas_height = h;
+  commit();
+});
+
+element.querySelector('.fc-background').addEventListener('change', (event) => {
+  const file = event.target.files[0];
+  if (!file) return;
+  const reader = new FileReader();
+  reader.onload = () => {
+    const image = new Image();
+    image.onload = () => { background = image; draw(); };
+    image.src = reader.result;
+  };
+  reader.readAsDataURL(file);
+  event.target.value = '';
+});
+
+document.addEventListener('keydown', (event) => {
+  if (!element.isConnected) return;
+  const target = event.target;
+  if (target && (target.tagName === 'INPUT' || target.tagName === 'TEXTAREA' || target.isContentEditable)) return;
+  const key = event.key.toLowerCase();
+  if ((event.ctrlKey || event.metaKey) && key === 'z') {
+    event.preventDefault();
+    if (event.shiftKey) redo(); else undo();
+  } else if ((event.ctrlKey || event.metaKey) && key === 'y') {
+    event.preventDefault();
+    redo();
+  } else if ((key === 'delete' || key === 'backspace') && target === canvas && selected >= 0) {
+    event.preventDefault();
+    actions.delete();
+  }
+});
+
+templateSelect.innerHTML = Object.keys(TEMPLATES).map((t) => `<option value="${t}">${t.replace('_', ' ')}</option>`).join('');
+refresh();

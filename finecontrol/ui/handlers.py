@@ -1,0 +1,266 @@
+"""Event handlers of the app, free of layout so that tests can call them directly.
+
+Everything that comes from the browser is validated here: a bad value raises `gr.Error` with a
+specific message and the user's scene stays as it was (handlers never rewrite the canvas on error).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import queue
+import tempfile
+import threading
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import gradio as gr
+import numpy as np
+from PIL import Image
+
+from finecontrol.metadata import read_png, save_png
+from finecontrol.pipeline import METHODS, Generation, Settings
+from finecontrol.pose import visible_limbs
+from finecontrol.render import labelled_grid, mask_overlay, mask_previews, upsample_masks
+from finecontrol.scene import DEFAULT_NEGATIVE_PROMPT, MAX_PEOPLE, Person, Scene, SceneError, load_scene, scene_from_dict
+from finecontrol.ui.engine import Engine
+
+PRESETS = Path(__file__).resolve().parents[2] / "assets" / "scenes"
+PREVIEW_EVERY = 4  # steps between live previews
+# The Advanced panel's inputs, in order, and the Settings fields they fill.
+KNOB_FIELDS = ("method", "steps", "guidance_scale", "control_strength", "harmony", "temperature",
+               "mask_dilation", "mask_blur", "seed", "scheduler", "quality_suffix")
+_INTEGER_FIELDS = {"steps", "seed", "mask_dilation"}
+
+_OUTPUT_DIR = Path(tempfile.mkdtemp(prefix="finecontrol-"))
+
+
+def parse_scene(value: Any, setting: str | None, negative: str | None) -> Scene:
+    """The canvas value plus the setting and negative prompt boxes, validated into a Scene."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            raise gr.Error("The pose canvas sent something that is not a scene (not JSON).") from None
+    if not isinstance(value, dict):
+        raise gr.Error("The pose canvas sent no scene: reload the page.")
+    for name, text in (("setting", setting), ("negative prompt", negative)):
+        if text is not None and not isinstance(text, str):
+            raise gr.Error(f"The {name} must be text.")
+    doc = {**value, "setting": setting or "",
+           "negative_prompt": DEFAULT_NEGATIVE_PROMPT if negative is None else negative}
+    try:
+        return scene_from_dict(doc)
+    except SceneError as err:
+        raise gr.Error(f"Invalid scene: {err}") from None
+
+
+def require_people(scene: Scene) -> None:
+    if not scene.people:
+        raise gr.Error("The canvas is empty: add at least one person (+ Add person) first.")
+
+
+def parse_settings(*knobs: Any) -> Settings:
+    """Settings from the Advanced panel's values (in KNOB_FIELDS order), with readable errors."""
+    if len(knobs) != len(KNOB_FIELDS):
+        raise gr.Error(f"expected {len(KNOB_FIELDS)} settings, got {len(knobs)}")
+    values = {}
+    for name, value in zip(KNOB_FIELDS, knobs):
+        if name == "mask_dilation" and value in (None, ""):
+            value = None  # automatic: image height // 8
+        elif name in _INTEGER_FIELDS:
+            if isinstance(value, float) and math.isfinite(value) and value == int(value):
+                value = int(value)
+        values[name] = value
+    try:
+        return Settings(**values)
+    except (TypeError, ValueError) as err:
+        raise gr.Error(f"Invalid setting: {err}") from None
+
+
+def knob_values(settings: Settings) -> list[Any]:
+    """The Advanced panel's values for `settings` (inverse of parse_settings)."""
+    return [getattr(settings, name) for name in KNOB_FIELDS]
+
+
+def error_message(err: BaseException) -> str:
+    """What the user reads when generation fails."""
+    import torch
+
+    if isinstance(err, torch.OutOfMemoryError) or "out of memory" in str(err).lower():
+        return "Out of memory: try fewer people, a smaller canvas, fewer steps or the fp16 model."
+    if isinstance(err, (SceneError, ValueError, RuntimeError)):
+        return str(err)
+    return f"Generation failed: {type(err).__name__}: {err}"
+
+
+def masks_preview(value: Any, setting: str, negative: str, *knobs: Any) -> np.ndarray:
+    """Each person's region over the skeletons at canvas size, early (hard) steps; no model run."""
+    scene = parse_scene(value, setting, negative)
+    require_people(scene)
+    settings = parse_settings(*knobs)
+    early, late = mask_previews([p.keypoints for p in scene.people], (scene.width, scene.height),
+                                settings.mask_dilation, settings.mask_blur, settings.temperature)
+    return np.concatenate([early, np.full((early.shape[0], 8, 3), 255, np.uint8), late], axis=1)
+
+
+def prompts_markdown(result: Generation) -> str:
+    """The exact texts the model was given, as Markdown."""
+    p = result.prompts
+    lines = [f"**Seed** {result.settings.seed} - **method** {result.settings.method} - "
+             f"**size** {result.image.width}x{result.image.height}"]
+    if result.settings.method == "controlnet":
+        lines.append(f"- Global prompt: `{p.global_prompt}`")
+    else:
+        lines += [f"- Person {i + 1}: `{text}`" for i, text in enumerate(p.people)]
+        if result.settings.method == "multicontrolnet":
+            lines.append(f"- UNet (global) prompt: `{p.global_prompt}`")
+    negatives = sorted(set(p.people_negative) | {p.global_negative})
+    lines += [f"- Negative: `{text}`" for text in negatives]
+    return "\n".join(lines)
+
+
+def _run_with_previews(engine: Engine, scene: Scene, settings: Settings, progress, label: str = ""
+                       ) -> Iterator[Image.Image | Generation]:
+    """Run one generation in a worker thread; yield preview images while it runs, then the result."""
+    updates: queue.Queue = queue.Queue()
+
+    def on_step(step: int, total: int, x0) -> None:
+        progress((step + 1, total), desc=f"{label}step {step + 1}/{total}")
+        if (step + 1) % PREVIEW_EVERY == 0 and step + 1 < total:
+            updates.put(("preview", engine.preview(x0)))
+
+    def work() -> None:
+        try:
+            updates.put(("done", engine.generate(scene, settings, on_step)))
+        except BaseException as err:  # reported to the user below
+            updates.put(("error", err))
+
+    threading.Thread(target=work, daemon=True).start()
+    while True:
+        kind, payload = updates.get()
+        if kind == "error":
+            raise gr.Error(error_message(payload))
+        yield payload
+        if kind == "done":
+            return
+
+
+def generate(engine: Engine, value: Any, setting: str, negative: str, *knobs: Any,
+             progress: Callable = lambda *a, **k: None) -> Iterator[tuple]:
+    """Yields (image, control map, mask overlay, prompts) - previews first, then the PNG file."""
+    scene = parse_scene(value, setting, negative)
+    require_people(scene)
+    settings = parse_settings(*knobs)
+    for item in _run_with_previews(engine, scene, settings, progress):
+        if isinstance(item, Generation):
+            result = item
+        else:
+            yield item, gr.skip(), gr.skip(), gr.skip()
+    path = _OUTPUT_DIR / f"finecontrol-{settings.method}-{settings.seed}-{threading.get_ident()}.png"
+    save_png(result.image, path, scene, settings, model=engine.name)
+    size = (result.image.width, result.image.height)
+    overlay = mask_overlay(upsample_masks(result.early_masks, size), result.control_image)
+    yield str(path), result.control_image, overlay, prompts_markdown(result)
+
+
+def compare(engine: Engine, value: Any, setting: str, negative: str, extra_seeds: Any, *knobs: Any,
+            progress: Callable = lambda *a, **k: None) -> str:
+    """FineControlNet, ControlNet and MultiControlNet with the same seeds, as a labelled grid PNG."""
+    scene = parse_scene(value, setting, negative)
+    require_people(scene)
+    settings = parse_settings(*knobs)
+    if not (isinstance(extra_seeds, (int, float)) and 0 <= extra_seeds <= 3 and extra_seeds == int(extra_seeds)):
+        raise gr.Error("Extra seeds must be a whole number from 0 to 3.")
+    seeds = [settings.seed + k for k in range(int(extra_seeds) + 1)]
+    rows = []
+    for seed in seeds:
+        row = []
+        for method in METHODS:
+            for item in _run_with_previews(engine, scene, replace(settings, method=method, seed=seed), progress,
+                                           label=f"{method}, seed {seed}: "):
+                if isinstance(item, Generation):
+                    row.append(item.image)
+        rows.append(row)
+    grid = labelled_grid(rows, list(METHODS), [f"seed {s}" for s in seeds])
+    path = _OUTPUT_DIR / f"finecontrol-compare-{settings.seed}-{threading.get_ident()}.png"
+    save_png(grid, path, scene, settings, model=engine.name, methods=",".join(METHODS),
+             seeds=",".join(map(str, seeds)))
+    return str(path)
+
+
+def export_scene(value: Any, setting: str, negative: str) -> str:
+    """Write the scene as OpenPose-compatible JSON and return the file for download."""
+    scene = parse_scene(value, setting, negative)
+    path = _OUTPUT_DIR / "finecontrol-scene.json"
+    scene.save(path)
+    return str(path)
+
+
+def import_file(path: str | None) -> tuple:
+    """Scene JSON, plain OpenPose JSON or a FineControl PNG -> (canvas, setting, negative, *knobs).
+    A PNG also restores the settings it was made with; JSON leaves them as they are."""
+    if not path:
+        raise gr.Error("No file received.")
+    try:
+        if Path(path).suffix.lower() == ".png":
+            scene, settings = read_png(path)
+            knobs = knob_values(settings)
+        else:
+            scene, knobs = load_scene(path), [gr.skip()] * len(KNOB_FIELDS)
+    except (SceneError, ValueError) as err:
+        raise gr.Error(f"Could not import {Path(path).name}: {err}") from None
+    gr.Info(f"Imported {len(scene.people)} people from {Path(path).name}.")
+    return (scene.to_dict(), scene.setting, scene.negative_prompt, *knobs)
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in PRESETS.glob("*.json"))
+
+
+def load_preset(name: str) -> tuple:
+    """A scene from assets/scenes -> (canvas, setting, negative)."""
+    if name not in preset_names():
+        raise gr.Error(f"Unknown preset {name!r}.")
+    scene = load_scene(PRESETS / f"{name}.json")
+    return scene.to_dict(), scene.setting, scene.negative_prompt
+
+
+def poses_from_detection(bodies: list, image_size: tuple[int, int], canvas_size: tuple[int, int]) -> list[np.ndarray]:
+    """Detected bodies (normalised keypoints, None when missing) -> pixel poses on the canvas, the
+    photo fitted inside the canvas with its aspect ratio kept."""
+    (iw, ih), (cw, ch) = image_size, canvas_size
+    scale = min(cw / iw, ch / ih)
+    ox, oy = (cw - iw * scale) / 2, (ch - ih * scale) / 2
+    poses = []
+    for keypoints in bodies:
+        pose = np.zeros((18, 3))
+        for j, kp in enumerate(keypoints[:18]):
+            if kp is not None:
+                pose[j] = (ox + kp[0] * iw * scale, oy + kp[1] * ih * scale, 1.0)
+        poses.append(pose)
+    return poses
+
+
+def pose_from_photo(detect: Callable[[np.ndarray], list], image: np.ndarray | None, value: Any,
+                    setting: str, negative: str) -> dict:
+    """Add the people found in a photo to the canvas (keeping the people already there)."""
+    if image is None:
+        raise gr.Error("Upload a photo first.")
+    scene = parse_scene(value, setting, negative)
+    try:
+        bodies = detect(image)
+    except Exception as err:
+        raise gr.Error(f"Pose detection is not available: {err}") from None
+    found = [p for p in poses_from_detection(bodies, (image.shape[1], image.shape[0]), (scene.width, scene.height))
+             if visible_limbs(p)]
+    if not found:
+        raise gr.Error("No person found in the photo.")
+    room = MAX_PEOPLE - len(scene.people)
+    if room <= 0:
+        raise gr.Error(f"The canvas already has {MAX_PEOPLE} people.")
+    if len(found) > room:
+        gr.Warning(f"Found {len(found)} people; added the first {room} (at most {MAX_PEOPLE} in a scene).")
+    scene.people.extend(Person(keypoints=pose) for pose in found[:room])
+    return scene.to_dict()
