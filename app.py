@@ -15,7 +15,7 @@ import torch
 from finecontrol.models import DEFAULT_ANNOTATORS
 from finecontrol.pipeline import Generation, Settings, StepCallback
 from finecontrol.scene import Scene
-from finecontrol.ui.demo import build_demo
+from finecontrol.ui.demo import CSS, build_demo
 from finecontrol.ui.engine import Engine
 
 try:  # Hugging Face Spaces: ZeroGPU lends a GPU for the decorated call only; elsewhere a no-op
@@ -58,7 +58,7 @@ def main() -> None:
     engine.run = run
     demo = build_demo(engine, annotators=args.annotators)
     demo.queue(max_size=20, default_concurrency_limit=1)
-    demo.launch(server_name=args.host, server_port=args.port)
+    demo.launch(server_name=args.host, server_port=args.port, css=CSS)
 
 
 if __name__ == "__main__":

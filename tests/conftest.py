@@ -33,3 +33,25 @@ def two_people() -> Scene:
 def assert_close(a: torch.Tensor, b: torch.Tensor, atol: float) -> None:
     diff = (a - b).abs().max().item()
     assert diff <= atol, f"max difference {diff:.3g} > {atol:.3g}"
+
+
+@pytest.fixture(scope="session")
+def app_url(tiny):
+    """FineControl Studio on the tiny model, served on 127.0.0.1 for the whole run."""
+    from finecontrol.ui.demo import CSS, build_demo
+    from finecontrol.ui.engine import Engine
+
+    demo = build_demo(Engine(name="tiny", pipe=tiny))
+    demo.queue(max_size=20, default_concurrency_limit=1)
+    _, url, _ = demo.launch(server_name="127.0.0.1", server_port=_free_port(), prevent_thread_lock=True,
+                            quiet=True, css=CSS)
+    yield url.rstrip("/")
+    demo.close()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

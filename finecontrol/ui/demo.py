@@ -23,8 +23,15 @@ each person's prompt controls; **Compare** renders the same seed with plain Cont
 MultiControlNet."""
 
 
+# Small model outputs (128 px for the tiny model) are shown scaled up to fill their boxes.
+CSS = """
+#result img, #control-map img, #mask-image img, #comparison img { width: 100%; height: 100%; object-fit: contain; }
+"""
+
+
 def build_demo(engine: Engine, annotators: str = DEFAULT_ANNOTATORS) -> gr.Blocks:
-    """The app for `engine`; `annotators` is where pose-from-photo finds its detector weights."""
+    """The app for `engine`; `annotators` is where pose-from-photo finds its detector weights.
+    Launch it with `css=CSS`."""
     defaults = Settings()
 
     @lru_cache(maxsize=1)
@@ -59,7 +66,7 @@ def build_demo(engine: Engine, annotators: str = DEFAULT_ANNOTATORS) -> gr.Block
                                             label="Harmony (fraction of final steps with soft masks)")
                         temperature = gr.Number(value=defaults.temperature, label="Mask temperature")
                     with gr.Row():
-                        dilation = gr.Number(value=None, precision=0, label="Mask dilation, px (empty: height / 8)")
+                        dilation = gr.Slider(0, 255, value=0, step=1, label="Mask dilation, px (0: automatic, height / 8)")
                         blur = gr.Slider(0, 8, value=defaults.mask_blur, step=0.5, label="Mask blur sigma, px")
                     with gr.Row():
                         seed = gr.Number(value=defaults.seed, precision=0, label="Seed", elem_id="seed")

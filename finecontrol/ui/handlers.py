@@ -67,8 +67,8 @@ def parse_settings(*knobs: Any) -> Settings:
         raise gr.Error(f"expected {len(KNOB_FIELDS)} settings, got {len(knobs)}")
     values = {}
     for name, value in zip(KNOB_FIELDS, knobs):
-        if name == "mask_dilation" and value in (None, ""):
-            value = None  # automatic: image height // 8
+        if name == "mask_dilation" and value in (None, "", 0):
+            value = None  # automatic: image height // 8, made odd
         elif name in _INTEGER_FIELDS:
             if isinstance(value, float) and math.isfinite(value) and value == int(value):
                 value = int(value)
@@ -80,8 +80,9 @@ def parse_settings(*knobs: Any) -> Settings:
 
 
 def knob_values(settings: Settings) -> list[Any]:
-    """The Advanced panel's values for `settings` (inverse of parse_settings)."""
-    return [getattr(settings, name) for name in KNOB_FIELDS]
+    """The Advanced panel's values for `settings` (inverse of parse_settings; 0 = automatic dilation)."""
+    return [0 if name == "mask_dilation" and settings.mask_dilation is None else getattr(settings, name)
+            for name in KNOB_FIELDS]
 
 
 def error_message(err: BaseException) -> str:

@@ -1,0 +1,133 @@
+"""End to end in a real browser: Debian's chromium driven by Playwright, against the app on
+127.0.0.1. In CI (CI=true) a missing browser is a failure, never a skip."""
+
+import json
+import os
+import shutil
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pytest
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+if not Path(CHROMIUM).exists():
+    if os.environ.get("CI"):
+        raise RuntimeError("chromium is missing: .ci/run must install it (apt-get install chromium)")
+    pytest.skip("chromium is not installed (apt-get install chromium)", allow_module_level=True)
+
+from playwright.sync_api import expect, sync_playwright  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser, app_url):
+    page = browser.new_page(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
+    page.problems = []
+    page.on("console", lambda m: page.problems.append(f"console {m.type}: {m.text}") if m.type == "error" else None)
+    page.on("pageerror", lambda e: page.problems.append(f"page error: {e}"))
+    page.on("request", lambda r: page.problems.append(f"request left 127.0.0.1: {r.url}")
+            if urlparse(r.url).scheme in ("http", "https", "ws", "wss") and urlparse(r.url).hostname != "127.0.0.1"
+            else None)
+    page.goto(app_url)
+    page.wait_for_selector(".fc-canvas")
+    yield page
+    assert page.problems == []
+    page.close()
+
+
+def scene(page) -> dict:
+    return json.loads(page.locator("#pose-editor [data-scene]").get_attribute("data-scene"))
+
+
+def canvas_to_page(page, x: float, y: float) -> tuple[float, float]:
+    box = page.locator(".fc-canvas").bounding_box()
+    s = scene(page)
+    return box["x"] + x * box["width"] / s["canvas_width"], box["y"] + y * box["height"] / s["canvas_height"]
+
+
+def add_person(page) -> None:
+    page.click("#pose-editor button[data-action=add]")
+
+
+def test_build_a_scene_drag_a_joint_undo_and_redo(page):
+    add_person(page)
+    add_person(page)
+    assert len(scene(page)["people"]) == 2
+    wrist = scene(page)["people"][1]["pose_keypoints_2d"][12:14]  # right wrist of person 2
+    start = canvas_to_page(page, *wrist)
+    page.mouse.move(*start)
+    page.mouse.down()
+    page.mouse.move(start[0] + 20, start[1] - 30, steps=5)
+    page.mouse.up()
+    moved = scene(page)["people"][1]["pose_keypoints_2d"][12:14]
+    box = page.locator(".fc-canvas").bounding_box()
+    assert moved[0] == pytest.approx(wrist[0] + 20 * scene(page)["canvas_width"] / box["width"], abs=1.5)
+    assert moved[1] == pytest.approx(wrist[1] - 30 * scene(page)["canvas_height"] / box["height"], abs=1.5)
+
+    page.click("#pose-editor button[data-action=undo]")
+    assert scene(page)["people"][1]["pose_keypoints_2d"][12:14] == wrist
+    page.click("#pose-editor button[data-action=redo]")
+    assert scene(page)["people"][1]["pose_keypoints_2d"][12:14] == moved
+
+    page.locator(".fc-canvas").focus()
+    page.keyboard.press("Control+z")
+    assert scene(page)["people"][1]["pose_keypoints_2d"][12:14] == wrist
+    page.keyboard.press("Control+Shift+z")
+    assert scene(page)["people"][1]["pose_keypoints_2d"][12:14] == moved
+
+
+def test_type_prompts_generate_and_see_the_result(page):
+    add_person(page)
+    add_person(page)
+    page.fill(".fc-card[data-index='0'] .fc-prompt", "an astronaut")
+    page.fill(".fc-card[data-index='1'] .fc-prompt", "a samurai")
+    assert [p["prompt"] for p in scene(page)["people"]] == ["an astronaut", "a samurai"]
+    page.fill("#setting textarea", "in a forest")
+    page.click("#masks-button")
+    expect(page.locator("#mask-image img")).to_be_visible(timeout=30_000)
+    page.click("text=Advanced settings")
+    page.fill("#seed input", "7")
+    page.press("#seed input", "Tab")
+    page.click("#generate-button")
+    expect(page.locator("#result img")).to_be_visible(timeout=120_000)
+    expect(page.locator("#prompts-used")).to_contain_text("an astronaut in a forest, best quality", timeout=30_000)
+    expect(page.locator("#prompts-used")).to_contain_text("Seed 7")
+    expect(page.locator("#mask-image img")).to_be_visible()
+    if os.environ.get("FINECONTROL_SCREENSHOT"):
+        page.screenshot(path=os.environ["FINECONTROL_SCREENSHOT"], full_page=True)
+
+
+def test_empty_canvas_shows_an_error_and_keeps_the_scene(page):
+    page.click("#generate-button")
+    expect(page.get_by_text("The canvas is empty")).to_be_visible(timeout=30_000)
+    assert scene(page)["people"] == []
+
+
+def test_export_then_reimport_the_scene(page, tmp_path):
+    add_person(page)
+    page.fill(".fc-card[data-index='0'] .fc-prompt", "a knight")
+    page.click("text=Import / export")
+    page.click("#export-button")
+    link = page.locator("#export-file a").first
+    expect(link).to_be_visible(timeout=30_000)
+    with page.expect_download() as info:
+        link.click()
+    exported = tmp_path / "scene.json"
+    info.value.save_as(exported)
+    assert json.loads(exported.read_text())["people"][0]["prompt"] == "a knight"
+
+    page.click("#pose-editor button[data-action=delete]")
+    assert scene(page)["people"] == []
+    page.locator("#import-file input[type=file]").set_input_files(str(exported))
+    expect(page.locator(".fc-card[data-index='0'] .fc-prompt")).to_have_value("a knight", timeout=30_000)
+    assert len(scene(page)["people"]) == 1

@@ -1,0 +1,215 @@
+"""The app's event handlers, called directly with the tiny model."""
+
+import json
+
+import gradio as gr
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from finecontrol.metadata import read_png, save_png
+from finecontrol.pipeline import Settings
+from finecontrol.scene import MAX_PEOPLE, load_scene
+from finecontrol.ui import handlers
+from finecontrol.ui.engine import Engine
+
+TWO = load_scene("assets/scenes/two_people.json")
+KNOBS = handlers.knob_values(Settings(steps=8, seed=3))
+
+
+@pytest.fixture(scope="module")
+def engine(tiny):
+    return Engine(name="tiny", pipe=tiny)
+
+
+def canvas(scene=TWO):
+    return scene.to_dict()
+
+
+def run_generate(engine, value=None, knobs=KNOBS, setting="in a forest"):
+    return list(handlers.generate(engine, canvas() if value is None else value, setting, "", *knobs))
+
+
+def test_parse_scene_merges_the_setting_and_negative_boxes():
+    scene = handlers.parse_scene(canvas(), "on the moon", "blurry")
+    assert scene.setting == "on the moon" and scene.negative_prompt == "blurry"
+    assert scene.people == TWO.people
+
+
+@pytest.mark.parametrize("value, message", [
+    (None, "sent no scene"),
+    ("{not json", "not a scene"),
+    ({"people": [{"pose_keypoints_2d": [1, 2, 3]}]}, "Invalid scene: person 1 has 3 keypoint values"),
+    ({"people": canvas()["people"] * 5}, f"too many people: 10 \\(at most {MAX_PEOPLE}\\)"),
+    ({**canvas(), "canvas_width": 100}, "not a multiple of 8"),
+])
+def test_bad_canvas_values_are_refused_with_a_reason(value, message):
+    with pytest.raises(gr.Error, match=message):
+        handlers.parse_scene(value, "", "")
+
+
+def test_settings_from_the_panel_are_validated_and_converted():
+    settings = handlers.parse_settings(*handlers.knob_values(Settings(steps=12)))
+    assert settings == Settings(steps=12)
+    knobs = list(KNOBS)
+    knobs[handlers.KNOB_FIELDS.index("steps")] = 12.0  # sliders send floats
+    knobs[handlers.KNOB_FIELDS.index("mask_dilation")] = 0  # the slider's "automatic"
+    assert handlers.parse_settings(*knobs).steps == 12
+    assert handlers.parse_settings(*knobs).mask_dilation is None
+    knobs[handlers.KNOB_FIELDS.index("mask_dilation")] = 33.0
+    assert handlers.parse_settings(*knobs).mask_dilation == 33
+    knobs[handlers.KNOB_FIELDS.index("steps")] = 0
+    with pytest.raises(gr.Error, match="Invalid setting: steps must be"):
+        handlers.parse_settings(*knobs)
+    with pytest.raises(gr.Error, match="expected 11 settings"):
+        handlers.parse_settings(1, 2)
+
+
+def test_masks_preview_needs_no_model_and_shows_both_phases():
+    image = handlers.masks_preview(canvas(), "", "", *KNOBS)
+    assert image.shape == (TWO.height, 2 * TWO.width + 8, 3)
+
+
+def test_empty_canvas_is_refused_everywhere(engine):
+    empty = {"canvas_width": 512, "canvas_height": 512, "people": []}
+    for call in (lambda: handlers.masks_preview(empty, "", "", *KNOBS),
+                 lambda: run_generate(engine, value=empty),
+                 lambda: handlers.compare(engine, empty, "", "", 0, *KNOBS)):
+        with pytest.raises(gr.Error, match="canvas is empty"):
+            call()
+
+
+def test_generate_streams_previews_then_a_png_that_carries_its_scene(engine):
+    updates = run_generate(engine)
+    previews, final = updates[:-1], updates[-1]
+    assert len(previews) == 1 and isinstance(previews[0][0], Image.Image)  # step 4 of 8
+    path, control, overlay, prompts = final
+    scene, settings = read_png(path)
+    assert scene.people == TWO.people and scene.setting == "in a forest"
+    assert settings == Settings(steps=8, seed=3)
+    assert control.shape == overlay.shape == (88, 128, 3)
+    assert "Person 1: `an astronaut in a forest, best quality`" in prompts
+    assert "Person 2: `a samurai in red armor in a forest, best quality`" in prompts
+
+
+def test_generation_errors_become_messages(tiny):
+    broken = Engine(name="sd15", error="ModelNotAvailableError: not downloaded")
+    with pytest.raises(gr.Error, match="not available: ModelNotAvailableError"):
+        run_generate(broken)
+
+    def out_of_memory(scene, settings, on_step):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB")
+
+    with pytest.raises(gr.Error, match="Out of memory: try fewer people"):
+        run_generate(Engine(name="tiny", pipe=tiny, run=out_of_memory))
+
+
+def test_compare_renders_every_method_with_the_same_seeds(engine):
+    knobs = handlers.knob_values(Settings(steps=2, seed=5))
+    path = handlers.compare(engine, canvas(), "", "", 1, *knobs)
+    grid = Image.open(path)
+    assert grid.size == (64 + 3 * 128, 24 + 2 * 88)
+    with pytest.raises(gr.Error, match="Extra seeds"):
+        handlers.compare(engine, canvas(), "", "", 9, *knobs)
+
+
+def test_export_then_import_round_trips_the_scene():
+    path = handlers.export_scene(canvas(), "at night", "blurry")
+    doc = json.loads(open(path).read())
+    assert len(doc["people"]) == 2 and len(doc["people"][0]["pose_keypoints_2d"]) == 54
+    value, setting, negative, *knobs = handlers.import_file(path)
+    assert value["people"] == canvas()["people"] and (setting, negative) == ("at night", "blurry")
+
+
+def test_importing_a_png_restores_scene_and_settings(tmp_path):
+    settings = Settings(method="multicontrolnet", steps=7, seed=42, guidance_scale=6.0)
+    save_png(Image.new("RGB", (8, 8)), tmp_path / "made.png", TWO, settings)
+    value, setting, negative, *knobs = handlers.import_file(str(tmp_path / "made.png"))
+    assert value == TWO.to_dict() and setting == TWO.setting
+    assert handlers.parse_settings(*knobs) == settings
+
+
+def test_importing_plain_openpose_json_leaves_the_settings_alone(tmp_path):
+    path = tmp_path / "openpose.json"
+    path.write_text(json.dumps({"canvas_width": 512, "canvas_height": 512,
+                                "people": [{"pose_keypoints_2d": canvas()["people"][0]["pose_keypoints_2d"]}]}))
+    value, setting, negative, *knobs = handlers.import_file(str(path))
+    assert len(value["people"]) == 1 and value["people"][0]["prompt"] == ""
+    assert all(isinstance(k, type(gr.skip())) for k in knobs)
+
+
+@pytest.mark.parametrize("content, message", [(b"{oops", "not valid JSON"), (b"\x89PNG\r\n\x1a\n", "not a readable image")])
+def test_bad_imports_are_refused_with_a_reason(tmp_path, content, message):
+    path = tmp_path / ("bad.png" if content.startswith(b"\x89") else "bad.json")
+    path.write_bytes(content)
+    with pytest.raises(gr.Error, match=message):
+        handlers.import_file(str(path))
+
+
+def test_presets_load_and_unknown_ones_are_refused():
+    assert {"one_person", "two_people", "three_people", "five_people"} <= set(handlers.preset_names())
+    value, setting, negative = handlers.load_preset("three_people")
+    assert len(value["people"]) == 3 and setting == "on a city street"
+    with pytest.raises(gr.Error, match="Unknown preset"):
+        handlers.load_preset("../secrets")
+
+
+def test_detected_bodies_are_fitted_into_the_canvas_keeping_aspect():
+    body = [(0.5, 0.0), (0.5, 1.0)] + [None] * 16
+    (pose,) = handlers.poses_from_detection([body], image_size=(200, 100), canvas_size=(512, 512))
+    # a 200x100 photo fitted into 512x512: scale 2.56, 128 px bars above and below
+    np.testing.assert_allclose(pose[0], (256, 128, 1))
+    np.testing.assert_allclose(pose[1], (256, 384, 1))
+    assert (pose[2:, 2] == 0).all()
+
+
+def test_pose_from_photo_adds_people_and_keeps_the_existing_ones():
+    body = [(0.3, 0.2), (0.3, 0.3), (0.25, 0.3), (0.22, 0.45)] + [None] * 14
+    lonely = [(0.9, 0.9)] + [None] * 17  # one point is not a person
+    photo = np.zeros((64, 64, 3), np.uint8)
+    value = handlers.pose_from_photo(lambda image: [body, lonely], photo, canvas(), "", "")
+    assert len(value["people"]) == 3
+    assert value["people"][:2] == canvas()["people"]
+
+
+@pytest.mark.parametrize("detect, message", [
+    (lambda image: [], "No person found"),
+    (lambda image: (_ for _ in ()).throw(RuntimeError("weights missing")), "Pose detection is not available: weights missing"),
+])
+def test_pose_from_photo_failures_are_explained(detect, message):
+    with pytest.raises(gr.Error, match=message):
+        handlers.pose_from_photo(detect, np.zeros((8, 8, 3), np.uint8), canvas(), "", "")
+    with pytest.raises(gr.Error, match="Upload a photo"):
+        handlers.pose_from_photo(detect, None, canvas(), "", "")
+
+
+def test_offline_pose_detector_fails_fast_with_instructions(monkeypatch, tmp_path):
+    from finecontrol.models import ModelNotAvailableError, load_pose_detector
+
+    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelNotAvailableError, match="--annotators"):
+        load_pose_detector()
+
+
+def test_engine_that_cannot_load_says_why(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    engine = Engine.load("sd15")
+    assert engine.pipe is None and "hub cannot be reached" in engine.error
+    assert "could not be loaded" in engine.describe()
+
+
+def test_random_weight_model_is_labelled_as_such(engine):
+    assert "random weights" in engine.describe()
+
+
+def test_app_model_default_follows_the_environment(monkeypatch):
+    import app
+
+    monkeypatch.setenv("FINECONTROL_MODEL", "/models/mine")
+    assert app.parse_args([]).model == "/models/mine"
+    monkeypatch.delenv("FINECONTROL_MODEL")
+    assert app.parse_args([]).model == ("sd15" if torch.cuda.is_available() else "tiny")
+    assert app.parse_args([]).host == "127.0.0.1"
