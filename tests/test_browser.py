@@ -35,6 +35,8 @@ def page(browser, app_url):
     page.problems = []
     page.on("console", lambda m: page.problems.append(f"console {m.type}: {m.text}") if m.type == "error" else None)
     page.on("pageerror", lambda e: page.problems.append(f"page error: {e}"))
+    page.on("websocket", lambda ws: page.problems.append(f"websocket: {ws.url}")
+            if urlparse(ws.url).hostname != "127.0.0.1" else None)
     page.on("request", lambda r: page.problems.append(f"request left 127.0.0.1: {r.url}")
             if urlparse(r.url).scheme in ("http", "https", "ws", "wss") and urlparse(r.url).hostname != "127.0.0.1"
             else None)
@@ -86,12 +88,13 @@ def test_build_a_scene_drag_a_joint_undo_and_redo(page):
     assert scene(page)["people"][1]["pose_keypoints_2d"][12:14] == moved
 
 
-def test_type_prompts_generate_and_see_the_result(page):
-    add_person(page)
-    add_person(page)
-    page.fill(".fc-card[data-index='0'] .fc-prompt", "an astronaut")
-    page.fill(".fc-card[data-index='1'] .fc-prompt", "a samurai")
-    assert [p["prompt"] for p in scene(page)["people"]] == ["an astronaut", "a samurai"]
+def test_three_people_prompts_masks_generate_and_compare(page):
+    for _ in range(3):
+        add_person(page)
+    prompts = ["an astronaut", "a samurai", "a chef"]
+    for i, text in enumerate(prompts):
+        page.fill(f".fc-card[data-index='{i}'] .fc-prompt", text)
+    assert [p["prompt"] for p in scene(page)["people"]] == prompts
     page.fill("#setting textarea", "in a forest")
     page.click("#masks-button")
     expect(page.locator("#mask-image img")).to_be_visible(timeout=30_000)
@@ -102,9 +105,12 @@ def test_type_prompts_generate_and_see_the_result(page):
     expect(page.locator("#result img")).to_be_visible(timeout=120_000)
     expect(page.locator("#prompts-used")).to_contain_text("an astronaut in a forest, best quality", timeout=30_000)
     expect(page.locator("#prompts-used")).to_contain_text("Seed 7")
+    expect(page.locator("#prompts-used")).to_contain_text("Person 3: a chef in a forest, best quality")
     expect(page.locator("#mask-image img")).to_be_visible()
     if os.environ.get("FINECONTROL_SCREENSHOT"):
         page.screenshot(path=os.environ["FINECONTROL_SCREENSHOT"], full_page=True)
+    page.click("#compare-button")
+    expect(page.locator("#comparison img")).to_be_visible(timeout=180_000)
 
 
 def test_empty_canvas_shows_an_error_and_keeps_the_scene(page):

@@ -10,7 +10,8 @@ import json
 import math
 import queue
 import tempfile
-import threading
+import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -34,6 +35,9 @@ KNOB_FIELDS = ("method", "steps", "guidance_scale", "control_strength", "harmony
 _INTEGER_FIELDS = {"steps", "seed", "mask_dilation"}
 
 _OUTPUT_DIR = Path(tempfile.mkdtemp(prefix="finecontrol-"))
+# Generations run on one long-lived thread (the handler's own thread streams the previews), so
+# torch keeps a single CPU thread team instead of starting one per request.
+_WORKER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="finecontrol-generate")
 
 
 def parse_scene(value: Any, setting: str | None, negative: str | None) -> Scene:
@@ -124,7 +128,7 @@ def prompts_markdown(result: Generation) -> str:
 
 def _run_with_previews(engine: Engine, scene: Scene, settings: Settings, progress, label: str = ""
                        ) -> Iterator[Image.Image | Generation]:
-    """Run one generation in a worker thread; yield preview images while it runs, then the result."""
+    """Run one generation on the worker thread; yield preview images while it runs, then the result."""
     updates: queue.Queue = queue.Queue()
 
     def on_step(step: int, total: int, x0) -> None:
@@ -138,7 +142,7 @@ def _run_with_previews(engine: Engine, scene: Scene, settings: Settings, progres
         except BaseException as err:  # reported to the user below
             updates.put(("error", err))
 
-    threading.Thread(target=work, daemon=True).start()
+    _WORKER.submit(work)
     while True:
         kind, payload = updates.get()
         if kind == "error":
@@ -159,7 +163,7 @@ def generate(engine: Engine, value: Any, setting: str, negative: str, *knobs: An
             result = item
         else:
             yield item, gr.skip(), gr.skip(), gr.skip()
-    path = _OUTPUT_DIR / f"finecontrol-{settings.method}-{settings.seed}-{threading.get_ident()}.png"
+    path = _OUTPUT_DIR / f"finecontrol-{settings.method}-{settings.seed}-{uuid.uuid4().hex[:8]}.png"
     save_png(result.image, path, scene, settings, model=engine.name)
     size = (result.image.width, result.image.height)
     overlay = mask_overlay(upsample_masks(result.early_masks, size), result.control_image)
@@ -185,7 +189,7 @@ def compare(engine: Engine, value: Any, setting: str, negative: str, extra_seeds
                     row.append(item.image)
         rows.append(row)
     grid = labelled_grid(rows, list(METHODS), [f"seed {s}" for s in seeds])
-    path = _OUTPUT_DIR / f"finecontrol-compare-{settings.seed}-{threading.get_ident()}.png"
+    path = _OUTPUT_DIR / f"finecontrol-compare-{settings.seed}-{uuid.uuid4().hex[:8]}.png"
     save_png(grid, path, scene, settings, model=engine.name, methods=",".join(METHODS),
              seeds=",".join(map(str, seeds)))
     return str(path)
