@@ -42,7 +42,8 @@ const points = (person) => {
 const setPoints = (person, pts) => { person.pose_keypoints_2d = pts.flat(); };
 
 function centre(person) {
-  const shown = points(person).filter((p) => p[2] > 0);
+  const all = points(person);
+  const shown = all.some((p) => p[2] > 0) ? all.filter((p) => p[2] > 0) : all;
   const xs = shown.map((p) => p[0]);
   const ys = shown.map((p) => p[1]);
   return [(Math.min(...xs) + Math.max(...xs)) / 2, (Math.min(...ys) + Math.max(...ys)) / 2];

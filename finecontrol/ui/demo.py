@@ -38,7 +38,7 @@ def build_demo(engine: Engine, annotators: str = DEFAULT_ANNOTATORS) -> gr.Block
     def detector():
         return load_pose_detector(annotators)
 
-    with gr.Blocks(title="FineControl Studio") as demo:
+    with gr.Blocks(title="FineControl Studio", analytics_enabled=False) as demo:  # never call home
         gr.Markdown(INTRO)
         gr.Markdown(engine.describe(), elem_id="model-info")
         with gr.Row():

@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image
 
 from finecontrol.metadata import read_png, save_png
-from finecontrol.pipeline import METHODS, Generation, Settings
+from finecontrol.pipeline import MAX_SEED, METHODS, Generation, Settings
 from finecontrol.pose import visible_limbs
 from finecontrol.render import labelled_grid, mask_overlay, mask_previews, upsample_masks
 from finecontrol.scene import DEFAULT_NEGATIVE_PROMPT, MAX_PEOPLE, Person, Scene, SceneError, load_scene, scene_from_dict
@@ -126,14 +126,15 @@ def prompts_markdown(result: Generation) -> str:
     return "\n".join(lines)
 
 
-def _run_with_previews(engine: Engine, scene: Scene, settings: Settings, progress, label: str = ""
-                       ) -> Iterator[Image.Image | Generation]:
-    """Run one generation on the worker thread; yield preview images while it runs, then the result."""
+def _run_with_previews(engine: Engine, scene: Scene, settings: Settings, progress, label: str = "",
+                       previews: bool = True) -> Iterator[Image.Image | Generation]:
+    """Run one generation on the worker thread; yield preview images while it runs (if `previews`),
+    then the result."""
     updates: queue.Queue = queue.Queue()
 
     def on_step(step: int, total: int, x0) -> None:
         progress((step + 1, total), desc=f"{label}step {step + 1}/{total}")
-        if (step + 1) % PREVIEW_EVERY == 0 and step + 1 < total:
+        if previews and (step + 1) % PREVIEW_EVERY == 0 and step + 1 < total:
             updates.put(("preview", engine.preview(x0)))
 
     def work() -> None:
@@ -178,15 +179,14 @@ def compare(engine: Engine, value: Any, setting: str, negative: str, extra_seeds
     settings = parse_settings(*knobs)
     if not (isinstance(extra_seeds, (int, float)) and 0 <= extra_seeds <= 3 and extra_seeds == int(extra_seeds)):
         raise gr.Error("Extra seeds must be a whole number from 0 to 3.")
-    seeds = [settings.seed + k for k in range(int(extra_seeds) + 1)]
+    seeds = [(settings.seed + k) % (MAX_SEED + 1) for k in range(int(extra_seeds) + 1)]
     rows = []
     for seed in seeds:
         row = []
         for method in METHODS:
-            for item in _run_with_previews(engine, scene, replace(settings, method=method, seed=seed), progress,
-                                           label=f"{method}, seed {seed}: "):
-                if isinstance(item, Generation):
-                    row.append(item.image)
+            (result,) = _run_with_previews(engine, scene, replace(settings, method=method, seed=seed), progress,
+                                           label=f"{method}, seed {seed}: ", previews=False)
+            row.append(result.image)
         rows.append(row)
     grid = labelled_grid(rows, list(METHODS), [f"seed {s}" for s in seeds])
     path = _OUTPUT_DIR / f"finecontrol-compare-{settings.seed}-{uuid.uuid4().hex[:8]}.png"
