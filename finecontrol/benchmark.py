@@ -78,7 +78,7 @@ def benchmark_app(args: argparse.Namespace, port: int = 7899) -> None:
                     break
             except OSError:
                 if app.poll() is not None:
-                    raise SystemExit("the app exited before serving a page")
+                    raise SystemExit("the app exited before serving a page") from None
                 time.sleep(0.1)
         print(f"app start-up (process start to first page): {time.perf_counter() - start:.1f} s")
         client = Client(url, verbose=False)

@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 from urllib.parse import urlparse
 
+import numpy as np
 import pytest
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -136,4 +137,44 @@ def test_export_then_reimport_the_scene(page, tmp_path):
     assert scene(page)["people"] == []
     page.locator("#import-file input[type=file]").set_input_files(str(exported))
     expect(page.locator(".fc-card[data-index='0'] .fc-prompt")).to_have_value("a knight", timeout=30_000)
+    assert len(scene(page)["people"]) == 1
+
+
+def test_skeleton_tools_duplicate_mirror_scale_rotate_hide_resize_delete(page):
+    add_person(page)
+    page.click("#pose-editor button[data-action=duplicate]")
+    people = scene(page)["people"]
+    assert len(people) == 2
+    first, copy = (np.reshape(p["pose_keypoints_2d"], (18, 3)) for p in people)
+    np.testing.assert_allclose(copy[:, 1], first[:, 1])
+    assert (copy[:, 0] > first[:, 0]).all()  # shifted right
+
+    def pose(i=1):
+        return np.reshape(scene(page)["people"][i]["pose_keypoints_2d"], (18, 3))
+
+    before = pose()
+    page.click("#pose-editor button[data-action=mirror]")
+    mirrored = pose()
+    centre = (before[:, 0].min() + before[:, 0].max()) / 2
+    np.testing.assert_allclose(mirrored[4, 0], 2 * centre - before[7, 0])  # right wrist <- left wrist
+
+    height = np.ptp(pose()[:, 1])
+    page.click("#pose-editor button[data-action=bigger]")
+    assert np.ptp(pose()[:, 1]) == pytest.approx(1.1 * height)
+    page.click("#pose-editor button[data-action=rotate_right]")
+    assert np.ptp(pose()[:, 0]) > np.ptp(mirrored[:, 0])  # a tilted figure is wider
+
+    nose = pose()[0]
+    page.mouse.dblclick(*canvas_to_page(page, nose[0], nose[1]))
+    assert pose()[0, 2] == 0
+    page.mouse.dblclick(*canvas_to_page(page, nose[0], nose[1]))
+    assert pose()[0, 2] == 1
+
+    before = pose()
+    page.select_option("#pose-editor .fc-size", "768x512")
+    assert (scene(page)["canvas_width"], scene(page)["canvas_height"]) == (768, 512)
+    np.testing.assert_allclose(pose()[:, 0], before[:, 0] * 1.5)
+
+    page.locator(".fc-canvas").focus()
+    page.keyboard.press("Delete")
     assert len(scene(page)["people"]) == 1

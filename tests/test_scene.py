@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from finecontrol.scene import (
-    DEFAULT_NEGATIVE_PROMPT, MAX_PEOPLE, Scene, SceneError, load_scene, scene_from_dict, scene_from_json,
+    DEFAULT_NEGATIVE_PROMPT, MAX_PEOPLE, SceneError, load_scene, scene_from_dict, scene_from_json,
 )
 from finecontrol.pose import template_pose
 

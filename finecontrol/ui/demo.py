@@ -38,7 +38,8 @@ def build_demo(engine: Engine, annotators: str = DEFAULT_ANNOTATORS) -> gr.Block
     def detector():
         return load_pose_detector(annotators)
 
-    with gr.Blocks(title="FineControl Studio", analytics_enabled=False) as demo:  # never call home
+    # analytics off: the app never calls home; cached outputs older than an hour are deleted hourly
+    with gr.Blocks(title="FineControl Studio", analytics_enabled=False, delete_cache=(3600, 3600)) as demo:
         gr.Markdown(INTRO)
         gr.Markdown(engine.describe(), elem_id="model-info")
         with gr.Row():

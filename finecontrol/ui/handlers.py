@@ -10,6 +10,7 @@ import json
 import math
 import queue
 import tempfile
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -38,6 +39,16 @@ _OUTPUT_DIR = Path(tempfile.mkdtemp(prefix="finecontrol-"))
 # Generations run on one long-lived thread (the handler's own thread streams the previews), so
 # torch keeps a single CPU thread team instead of starting one per request.
 _WORKER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="finecontrol-generate")
+
+
+def _output_path(name: str, suffix: str) -> Path:
+    """A fresh file in the app's output folder; files older than an hour are removed first
+    (Gradio has copied them to its own cache by then)."""
+    cutoff = time.time() - 3600
+    for old in _OUTPUT_DIR.iterdir():
+        if old.stat().st_mtime < cutoff:
+            old.unlink(missing_ok=True)
+    return _OUTPUT_DIR / f"{name}-{uuid.uuid4().hex[:8]}{suffix}"
 
 
 def parse_scene(value: Any, setting: str | None, negative: str | None) -> Scene:
@@ -164,7 +175,7 @@ def generate(engine: Engine, value: Any, setting: str, negative: str, *knobs: An
             result = item
         else:
             yield item, gr.skip(), gr.skip(), gr.skip()
-    path = _OUTPUT_DIR / f"finecontrol-{settings.method}-{settings.seed}-{uuid.uuid4().hex[:8]}.png"
+    path = _output_path(f"finecontrol-{settings.method}-{settings.seed}", ".png")
     save_png(result.image, path, scene, settings, model=engine.name)
     size = (result.image.width, result.image.height)
     overlay = mask_overlay(upsample_masks(result.early_masks, size), result.control_image)
@@ -189,7 +200,7 @@ def compare(engine: Engine, value: Any, setting: str, negative: str, extra_seeds
             row.append(result.image)
         rows.append(row)
     grid = labelled_grid(rows, list(METHODS), [f"seed {s}" for s in seeds])
-    path = _OUTPUT_DIR / f"finecontrol-compare-{settings.seed}-{uuid.uuid4().hex[:8]}.png"
+    path = _output_path(f"finecontrol-compare-{settings.seed}", ".png")
     save_png(grid, path, scene, settings, model=engine.name, methods=",".join(METHODS),
              seeds=",".join(map(str, seeds)))
     return str(path)
@@ -198,7 +209,7 @@ def compare(engine: Engine, value: Any, setting: str, negative: str, extra_seeds
 def export_scene(value: Any, setting: str, negative: str) -> str:
     """Write the scene as OpenPose-compatible JSON and return the file for download."""
     scene = parse_scene(value, setting, negative)
-    path = _OUTPUT_DIR / "finecontrol-scene.json"
+    path = _output_path("finecontrol-scene", ".json")
     scene.save(path)
     return str(path)
 
