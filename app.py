@@ -2,7 +2,7 @@
 
 Parses flags, loads the model once, builds the UI and launches it with a queue. The model
 defaults to $FINECONTROL_MODEL, else the real SD1.5 + OpenPose ControlNet pair when CUDA is
-present and the offline `tiny` model otherwise.
+present, else the shipped `toy` model (the random `tiny` one if the toy weights are absent).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import os
 
 import torch
 
-from finecontrol.models import DEFAULT_ANNOTATORS
+from finecontrol.models import DEFAULT_ANNOTATORS, offline_default
 from finecontrol.pipeline import Generation, Settings, StepCallback
 from finecontrol.scene import Scene
 from finecontrol.ui.demo import CSS, build_demo
@@ -28,14 +28,14 @@ except ImportError:
 
 
 def default_model() -> str:
-    return os.environ.get("FINECONTROL_MODEL") or ("sd15" if torch.cuda.is_available() else "tiny")
+    return os.environ.get("FINECONTROL_MODEL") or ("sd15" if torch.cuda.is_available() else offline_default())
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="FineControl Studio")
     parser.add_argument("--model", default=default_model(),
-                        help="tiny, sd15, a hub id or a local folder (default: $FINECONTROL_MODEL, "
-                             "else sd15 with CUDA, else tiny)")
+                        help="toy, tiny, sd15, a hub id or a local folder (default: $FINECONTROL_MODEL, "
+                             "else sd15 with CUDA, else toy)")
     parser.add_argument("--controlnet", default=os.environ.get("FINECONTROL_CONTROLNET"),
                         help="OpenPose ControlNet hub id or folder")
     parser.add_argument("--annotators", default=os.environ.get("FINECONTROL_ANNOTATORS", DEFAULT_ANNOTATORS),

@@ -69,7 +69,7 @@ def _parser() -> argparse.ArgumentParser:
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("scene", type=Path, help="scene JSON, OpenPose JSON or a FineControl PNG")
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--model", default="tiny", help="tiny, sd15, a hub id or a local folder (default: tiny)")
+    parser.add_argument("--model", help="toy, tiny, sd15, a hub id or a local folder (default: toy, else tiny)")
     parser.add_argument("--controlnet", help="OpenPose ControlNet hub id or folder (default: lllyasviel/control_v11p_sd15_openpose)")
     parser.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
     parser.add_argument("--dtype", choices=sorted(_DTYPES), help="weights and compute (default: float16 on CUDA, float32 on CPU)")
@@ -94,7 +94,8 @@ def _read_input(path: Path) -> tuple[Scene, Settings | None]:
     return load_scene(path), None
 
 
-def _settings(args: argparse.Namespace, stored: Settings | None) -> Settings:
+def _settings(args: argparse.Namespace, stored: Settings | None, defaults: Settings) -> Settings:
+    """The stored settings (from a PNG) or the model's defaults, with the command line's flags."""
     changes = {
         field: getattr(args, flag)
         for flag, field in _KNOBS.items()
@@ -102,15 +103,16 @@ def _settings(args: argparse.Namespace, stored: Settings | None) -> Settings:
     }
     if stored is None and "seed" not in changes:
         changes["seed"] = random_seed()
-    return replace(stored or Settings(), **changes)
+    return replace(stored or defaults, **changes)
 
 
 def _load(args: argparse.Namespace):
-    from finecontrol.models import load_model
+    from finecontrol.models import load_model, offline_default
 
     import torch
 
     dtype = getattr(torch, _DTYPES[args.dtype]) if args.dtype else None
+    args.model = args.model or offline_default()
     return load_model(args.model, controlnet=args.controlnet, device=args.device, dtype=dtype)
 
 
@@ -133,8 +135,8 @@ def _generate(args: argparse.Namespace) -> int:
     from finecontrol.metadata import save_png
 
     scene, stored = _read_input(args.scene)
-    settings = _settings(args, stored)
     pipe = _load(args)
+    settings = _settings(args, stored, pipe.default_settings())
     progress = _Progress(settings.steps)
     result = pipe(scene, settings, callback=progress)
     progress.close()
@@ -155,9 +157,9 @@ def _compare(args: argparse.Namespace) -> int:
         seeds = [int(s) for s in args.seeds.split(",")]
     except ValueError:
         raise ValueError(f"--seeds takes comma-separated whole numbers, got {args.seeds!r}") from None
-    base = _settings(args, stored)
-    runs = [[replace(base, method=m, seed=s) for m in methods] for s in seeds]
     pipe = _load(args)
+    base = _settings(args, stored, pipe.default_settings())
+    runs = [[replace(base, method=m, seed=s) for m in methods] for s in seeds]
     progress = _Progress(base.steps * len(methods) * len(seeds))
     images = [[pipe(scene, settings, callback=progress).image for settings in row] for row in runs]
     progress.close()
@@ -171,7 +173,7 @@ def _masks(args: argparse.Namespace) -> int:
     scene = _read_input(args.scene)[0]
     if not scene.people:
         raise SceneError("the scene has no people: add at least one person")
-    settings = _settings(args, Settings())
+    settings = _settings(args, Settings(), Settings())
     panels = mask_previews(
         [p.keypoints for p in scene.people], (scene.width, scene.height),
         settings.mask_dilation, settings.mask_blur, settings.temperature,

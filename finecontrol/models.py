@@ -17,6 +17,7 @@ from finecontrol.pipeline import MODEL_INFO, FineControlPipeline
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 TINY_TOKENIZER = ASSETS / "tokenizers" / "tiny"
+TOY_MODEL = ASSETS / "models" / "toyworld"
 DEFAULT_BASE = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 DEFAULT_CONTROLNET = "lllyasviel/control_v11p_sd15_openpose"
 HUB_HOST = "huggingface.co"
@@ -38,13 +39,18 @@ class ModelNotAvailableError(RuntimeError):
     """A model that cannot be loaded here, with what to download and where to put it."""
 
 
+def offline_default() -> str:
+    """The model to use without a GPU: the shipped toy model, else the random tiny one."""
+    return "toy" if (TOY_MODEL / MODEL_INFO).is_file() else "tiny"
+
+
 def load_model(
     name: str = "tiny",
     controlnet: str | None = None,
     device: str | torch.device | None = None,
     dtype: torch.dtype | None = None,
 ) -> FineControlPipeline:
-    """Load a model by name (`tiny`, `sd15`), hub id or local folder.
+    """Load a model by name (`toy`, `tiny`, `sd15`), hub id or local folder.
 
     `name` is the base model (a diffusers Stable Diffusion 1.x folder or hub id); `controlnet`
     the OpenPose ControlNet, by default the base folder's `controlnet/` subfolder if it has one,
@@ -54,6 +60,13 @@ def load_model(
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if dtype is None:
         dtype = torch.float16 if device.type == "cuda" else torch.float32
+    if name == "toy":
+        if not (TOY_MODEL / MODEL_INFO).is_file():
+            raise ModelNotAvailableError(
+                f"the toy model is not in {TOY_MODEL}: train it with "
+                f"`python -m finecontrol.toyworld train --out {TOY_MODEL}`"
+            )
+        name = str(TOY_MODEL)
     if name == "tiny":
         pipe = tiny_pipeline()
     else:
@@ -78,9 +91,9 @@ def _load_pretrained(base: str, controlnet: str) -> FineControlPipeline:
         "controlnet": (ControlNetModel, controlnet, None),
     }
     loaded = {key: _from_pretrained(cls, source, subfolder) for key, (cls, source, subfolder) in parts.items()}
-    info = Path(base) / MODEL_INFO
-    resolution = json.loads(info.read_text()).get("resolution") if info.is_file() else None
-    return FineControlPipeline(**loaded, resolution=resolution)
+    info_file = Path(base) / MODEL_INFO
+    info = json.loads(info_file.read_text()) if info_file.is_file() else None
+    return FineControlPipeline(**loaded, info=info)
 
 
 def _from_pretrained(cls, source: str, subfolder: str | None):
@@ -212,5 +225,5 @@ def tiny_pipeline(seed: int = 0) -> FineControlPipeline:
     )
     return FineControlPipeline(
         vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
-        controlnet=controlnet, scheduler=scheduler, resolution=TINY_RESOLUTION,
+        controlnet=controlnet, scheduler=scheduler, info={"resolution": TINY_RESOLUTION},
     )

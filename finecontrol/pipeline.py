@@ -26,7 +26,9 @@ import torch
 from PIL import Image
 
 from finecontrol.fusion import FeatureComposer, MaskPyramid, compose_residuals, residual_split, sum_over_people
-from finecontrol.render import harmony_steps, hard_masks, scene_maps, soft_masks, uses_soft_masks
+from finecontrol.render import (
+    ANNOTATOR_JOINT_RADIUS, ANNOTATOR_STICK_WIDTH, harmony_steps, hard_masks, scene_maps, soft_masks, uses_soft_masks,
+)
 from finecontrol.scene import MAX_CANVAS, MIN_CANVAS, Scene, SceneError
 
 METHODS = ("finecontrol", "controlnet", "multicontrolnet")
@@ -169,13 +171,18 @@ class _Branches:
 class FineControlPipeline:
     """Stable Diffusion 1.x + an OpenPose ControlNet, run per person and composed with masks."""
 
-    def __init__(self, vae, text_encoder, tokenizer, unet, controlnet, scheduler, resolution: int | None = None):
-        """`resolution`: the model's native size in pixels (longer side). When set, scenes are
-        generated at that size unless the settings give width and height; when None, at the
-        scene's canvas size."""
+    def __init__(self, vae, text_encoder, tokenizer, unet, controlnet, scheduler, info: dict | None = None):
+        """`info` is what a model folder's `finecontrol.json` declares beyond diffusers' configs:
+        `resolution` (native size in pixels, longer side: scenes are generated at that size unless
+        the settings give width and height; absent: at the canvas size), `stick_width` and
+        `joint_radius` of its control images (default: the OpenPose annotator's 4 and 4), and for
+        the app `vocabulary`, `defaults` (Settings values) and `negative_prompt`."""
         self.vae, self.text_encoder, self.tokenizer = vae, text_encoder, tokenizer
         self.unet, self.controlnet, self.scheduler = unet, controlnet, scheduler
-        self.resolution = resolution
+        self.info = dict(info or {})
+        self.resolution = self.info.get("resolution")
+        self.skeleton_style = (self.info.get("stick_width", ANNOTATOR_STICK_WIDTH),
+                               self.info.get("joint_radius", ANNOTATOR_JOINT_RADIUS))
         self.vae_scale = 2 ** (len(vae.config.block_out_channels) - 1)
         self.num_residuals = len(controlnet.controlnet_down_blocks)
         expected = 1 + sum(len(b.resnets) + (b.downsamplers is not None) for b in unet.down_blocks)
@@ -208,7 +215,11 @@ class FineControlPipeline:
         folder = Path(folder)
         for name in ("vae", "text_encoder", "tokenizer", "unet", "controlnet", "scheduler"):
             getattr(self, name).save_pretrained(folder / name)
-        (folder / MODEL_INFO).write_text(json.dumps({"resolution": self.resolution}) + "\n")
+        (folder / MODEL_INFO).write_text(json.dumps(self.info, indent=1) + "\n")
+
+    def default_settings(self) -> Settings:
+        """The paper's defaults, with what this model declares in `info["defaults"]` applied."""
+        return Settings.from_dict({**Settings().to_dict(), **self.info.get("defaults", {})})
 
     def generation_size(self, scene: Scene, settings: Settings) -> tuple[int, int]:
         """(width, height) in pixels: the settings' override, else the scene's canvas scaled so
@@ -276,7 +287,7 @@ class FineControlPipeline:
         poses = [p.keypoints for p in scene.people]
         control_image, person_images, raw = scene_maps(
             poses, (scene.width, scene.height), (width, height), latent_size,
-            settings.mask_dilation, settings.mask_blur,
+            settings.mask_dilation, settings.mask_blur, *self.skeleton_style,
         )
         raw_t = torch.from_numpy(raw)
         early, late = hard_masks(raw_t, settings.temperature), soft_masks(raw_t, settings.temperature)

@@ -153,12 +153,14 @@ def scene_maps(
     latent_size: tuple[int, int],
     dilation: int | None = None,
     blur_sigma: float = DEFAULT_MASK_BLUR,
+    stick_width: int = ANNOTATOR_STICK_WIDTH,
+    joint_radius: int = ANNOTATOR_JOINT_RADIUS,
 ) -> tuple[np.ndarray, list[np.ndarray], np.ndarray]:
     """Everything the pipeline conditions on, from pixel poses on a canvas of `canvas_size`:
     the all-people control image and one control image per person at `size` = (W, H), and the
     raw person masks (N, h, w) at `latent_size` = (h, w)."""
-    person_images = [skeleton_image([pose], canvas_size, size) for pose in poses]
-    combined = skeleton_image(poses, canvas_size, size)
+    person_images = [skeleton_image([pose], canvas_size, size, stick_width, joint_radius) for pose in poses]
+    combined = skeleton_image(poses, canvas_size, size, stick_width, joint_radius)
     return combined, person_images, raw_masks(person_images, latent_size, dilation, blur_sigma)
 
 

@@ -15,7 +15,8 @@ SCENE = "assets/scenes/two_people.json"
 def test_generate_end_to_end_in_a_fresh_process(tmp_path):
     out = tmp_path / "out.png"
     proc = subprocess.run(
-        [sys.executable, "-m", "finecontrol", "generate", SCENE, "--out", str(out), "--seed", "5", "--steps", "4"],
+        [sys.executable, "-m", "finecontrol", "generate", SCENE, "--out", str(out), "--seed", "5", "--steps", "4",
+         "--model", "tiny"],
         capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": os.getcwd()},
     )
     assert proc.returncode == 0, proc.stderr
@@ -27,8 +28,8 @@ def test_generate_end_to_end_in_a_fresh_process(tmp_path):
 
 def test_generate_reproduces_an_image_from_its_own_png(tmp_path):
     first, second = tmp_path / "a.png", tmp_path / "b.png"
-    assert main(["generate", SCENE, "--out", str(first), "--steps", "3", "--guidance", "4"]) == 0
-    assert main(["generate", str(first), "--out", str(second)]) == 0  # random seed stored, reused
+    assert main(["generate", SCENE, "--out", str(first), "--steps", "3", "--guidance", "4", "--model", "tiny"]) == 0
+    assert main(["generate", str(first), "--out", str(second), "--model", "tiny"]) == 0  # seed stored, reused
     assert np.array_equal(np.asarray(Image.open(first)), np.asarray(Image.open(second)))
     assert read_png(second)[1] == read_png(first)[1]
 
@@ -36,7 +37,7 @@ def test_generate_reproduces_an_image_from_its_own_png(tmp_path):
 def test_compare_writes_a_labelled_grid_of_methods_by_seeds(tmp_path):
     out = tmp_path / "grid.png"
     assert main(["compare", SCENE, "--out", str(out), "--methods", "finecontrol,controlnet",
-                 "--seeds", "0,1", "--steps", "2"]) == 0
+                 "--seeds", "0,1", "--steps", "2", "--model", "tiny"]) == 0
     grid = Image.open(out)
     assert grid.size == (64 + 2 * 128, 24 + 2 * 88)
     cells = np.asarray(grid.convert("RGB"))[24:, 64:]

@@ -211,5 +211,7 @@ def test_app_model_default_follows_the_environment(monkeypatch):
     monkeypatch.setenv("FINECONTROL_MODEL", "/models/mine")
     assert app.parse_args([]).model == "/models/mine"
     monkeypatch.delenv("FINECONTROL_MODEL")
-    assert app.parse_args([]).model == ("sd15" if torch.cuda.is_available() else "tiny")
+    from finecontrol.models import offline_default
+
+    assert app.parse_args([]).model == ("sd15" if torch.cuda.is_available() else offline_default())
     assert app.parse_args([]).host == "127.0.0.1"

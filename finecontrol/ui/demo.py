@@ -32,7 +32,9 @@ CSS = """
 def build_demo(engine: Engine, annotators: str = DEFAULT_ANNOTATORS) -> gr.Blocks:
     """The app for `engine`; `annotators` is where pose-from-photo finds its detector weights.
     Launch it with `css=CSS`."""
-    defaults = Settings()
+    defaults = engine.pipe.default_settings() if engine.pipe else Settings()
+    default_negative = engine.pipe.info.get("negative_prompt", DEFAULT_NEGATIVE_PROMPT) if engine.pipe else DEFAULT_NEGATIVE_PROMPT
+    presets = handlers.PRESETS / "toy" if engine.knows_words else handlers.PRESETS
 
     @lru_cache(maxsize=1)
     def detector():
@@ -47,7 +49,7 @@ def build_demo(engine: Engine, annotators: str = DEFAULT_ANNOTATORS) -> gr.Block
                 editor = PoseEditor(elem_id="pose-editor")
                 setting = gr.Textbox(label="Setting, shared by everyone", placeholder="in a forest",
                                      elem_id="setting")
-                negative = gr.Textbox(label="Negative prompt, for everyone", value=DEFAULT_NEGATIVE_PROMPT,
+                negative = gr.Textbox(label="Negative prompt, for everyone", value=default_negative,
                                       elem_id="negative")
                 with gr.Row():
                     masks_button = gr.Button("Show masks", elem_id="masks-button")
@@ -84,9 +86,9 @@ def build_demo(engine: Engine, annotators: str = DEFAULT_ANNOTATORS) -> gr.Block
                         photo = gr.Image(label="Pose from a photo", type="numpy", sources=["upload"])
                         photo_button = gr.Button("Add the people in this photo")
                 preset = gr.Textbox(visible=False)
-                gr.Examples([[name] for name in handlers.preset_names()], inputs=[preset], label="Preset scenes",
-                            fn=handlers.load_preset, outputs=[editor, setting, negative],
-                            run_on_click=True, cache_examples=False)
+                gr.Examples([[name] for name in handlers.preset_names(presets)], inputs=[preset],
+                            label="Preset scenes", fn=lambda name: handlers.load_preset(name, presets),
+                            outputs=[editor, setting, negative], run_on_click=True, cache_examples=False)
             with gr.Column(scale=2):
                 result = gr.Image(label="Result (the PNG carries its scene)", type="filepath", format="png",
                                   height=420, elem_id="result")

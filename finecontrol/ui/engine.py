@@ -44,6 +44,11 @@ class Engine:
     def random_weights(self) -> bool:
         return self.name in RANDOM_WEIGHT_MODELS
 
+    @property
+    def knows_words(self) -> bool:
+        """True for a model that declares the only words it understands (the toy model)."""
+        return bool(self.pipe and self.pipe.info.get("vocabulary"))
+
     def describe(self) -> str:
         """One line of Markdown for the UI: which model is active and what to expect of it."""
         if self.error:
@@ -53,6 +58,10 @@ class Engine:
         if self.random_weights:
             text += (" - random weights: images are noise, not pictures; they show the plumbing "
                      "(masks, prompts, speed). Run with `--model sd15` for real images.")
+        if self.knows_words:
+            text += (" - a small model trained on a toy world of coloured stick figures; the words it "
+                     f"knows: {', '.join(self.pipe.info['vocabulary'])}. Prompts like `a red person`, "
+                     "setting `on grass`, `in snow`, `on a beach` or `at night`.")
         return text
 
     def generate(self, scene: Scene, settings: Settings, on_step: StepCallback | None = None) -> Generation:

@@ -231,15 +231,15 @@ def import_file(path: str | None) -> tuple:
     return (scene.to_dict(), scene.setting, scene.negative_prompt, *knobs)
 
 
-def preset_names() -> list[str]:
-    return sorted(p.stem for p in PRESETS.glob("*.json"))
+def preset_names(folder: Path = PRESETS) -> list[str]:
+    return sorted(p.stem for p in folder.glob("*.json"))
 
 
-def load_preset(name: str) -> tuple:
-    """A scene from assets/scenes -> (canvas, setting, negative)."""
-    if name not in preset_names():
+def load_preset(name: str, folder: Path = PRESETS) -> tuple:
+    """A scene from assets/scenes (or a model's own presets folder) -> (canvas, setting, negative)."""
+    if name not in preset_names(folder):
         raise gr.Error(f"Unknown preset {name!r}.")
-    scene = load_scene(PRESETS / f"{name}.json")
+    scene = load_scene(folder / f"{name}.json")
     return scene.to_dict(), scene.setting, scene.negative_prompt
 
 

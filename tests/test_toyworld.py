@@ -1,0 +1,105 @@
+"""The toy world and its metrics (no trained model needed)."""
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from finecontrol.toyworld.evaluate import body_masks, score_image, to_scene
+from finecontrol.toyworld.world import BACKGROUNDS, COLORS, SETTINGS, VOCABULARY, random_scene, render_scene
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4])
+def test_scenes_have_distinct_colours_and_captions_name_everyone(n):
+    rng = np.random.default_rng(n)
+    toy = random_scene(rng, people=n)
+    assert len(set(toy.colors)) == n and len(toy.poses) == n
+    caption = toy.caption()
+    assert caption.endswith(SETTINGS[toy.setting])
+    assert all(f"a {c} person" in caption for c in toy.colors)
+    assert set(caption.split()) <= set(VOCABULARY)
+
+
+def test_scene_becomes_an_engine_scene_with_a_prompt_per_person():
+    toy = random_scene(np.random.default_rng(0), people=3)
+    scene = to_scene(toy)
+    assert [p.prompt for p in scene.people] == [f"a {c} person" for c in toy.colors]
+    assert (scene.width, scene.height, scene.setting, scene.negative_prompt) == (64, 64, SETTINGS[toy.setting], "")
+
+
+def test_metrics_score_the_ground_truth_image_as_correct():
+    rng = np.random.default_rng(7)
+    identity, fidelity, setting = [], [], []
+    for _ in range(40):
+        toy = random_scene(rng)
+        score = score_image(render_scene(toy, rng), toy)
+        identity += score["identity"]
+        fidelity += score["fidelity"]
+        setting.append(score["setting"])
+    assert np.mean(identity) >= 0.97
+    assert np.mean(fidelity) >= 0.9
+    assert np.mean(setting) == 1.0
+
+
+def test_metrics_catch_swapped_colours_and_missing_people():
+    rng = np.random.default_rng(3)
+    toy = random_scene(rng, people=2, setting="snow")
+    image = render_scene(toy, rng)
+    swapped = render_scene(type(toy)(toy.setting, toy.colors[::-1], toy.poses), rng)
+    assert score_image(swapped, toy)["identity"] == [False, False]
+    empty = np.empty_like(image)
+    empty[:] = BACKGROUNDS["snow"]
+    score = score_image(empty, toy)
+    assert score["identity"] == [False, False] and max(score["fidelity"]) == 0
+    night = np.empty_like(image)
+    night[:] = BACKGROUNDS["night"]
+    assert not score_image(night, toy)["setting"]
+
+
+def test_body_masks_leave_out_pixels_people_share():
+    toy = random_scene(np.random.default_rng(0), people=2)
+    a, b = body_masks([toy.poses[0], toy.poses[0]])
+    assert not a.any() and not b.any()
+    assert all(m.any() for m in body_masks(toy.poses))
+
+
+def test_palette_colours_are_well_separated_from_each_other_and_the_backgrounds():
+    colours = list(COLORS.values())
+    for i, c in enumerate(colours):
+        for other in colours[i + 1:] + list(BACKGROUNDS.values()):
+            assert np.linalg.norm(np.subtract(c, other)) > 80, (c, other)
+
+
+def test_toy_name_without_weights_says_how_to_train_them(monkeypatch, tmp_path):
+    import finecontrol.models as models
+
+    monkeypatch.setattr(models, "TOY_MODEL", tmp_path / "toyworld")
+    assert models.offline_default() == "tiny"
+    with pytest.raises(models.ModelNotAvailableError, match="python -m finecontrol.toyworld train --out"):
+        models.load_model("toy", device="cpu")
+
+
+def test_a_freshly_trained_model_runs_in_the_engine_and_the_app(tmp_path, monkeypatch):
+    """A few training steps of every stage, then the whole path: folder -> engine -> app."""
+    import finecontrol.models as models
+    from finecontrol.toyworld.train import train
+    from finecontrol.ui.demo import build_demo
+    from finecontrol.ui.engine import Engine
+
+    folder = tmp_path / "toyworld"
+    train(folder, vae_steps=2, unet_steps=2, controlnet_steps=2, pool_size=64)
+    monkeypatch.setattr(models, "TOY_MODEL", folder)
+    assert models.offline_default() == "toy"
+    pipe = models.load_model("toy", device="cpu")
+    assert pipe.resolution == 64 and pipe.skeleton_style == (1, 2)
+    defaults = pipe.default_settings()
+    assert (defaults.quality_suffix, defaults.guidance_scale, defaults.harmony) == ("", 3.0, 0.0)
+
+    from finecontrol.scene import load_scene
+
+    scene = load_scene("assets/scenes/toy/three_people.json")
+    result = pipe(scene, replace(defaults, steps=3))
+    assert result.image.size == (64, 64) and result.prompts.people[0] == "a orange person in snow"
+    engine = Engine(name="toy", pipe=pipe)
+    assert engine.knows_words and "cyan" in engine.describe() and "random weights" not in engine.describe()
+    build_demo(engine)  # the app builds with the toy presets and defaults
