@@ -1,5 +1,6 @@
 """The toy world and its metrics (no trained model needed)."""
 
+import json
 from dataclasses import replace
 
 import numpy as np
@@ -103,3 +104,14 @@ def test_a_freshly_trained_model_runs_in_the_engine_and_the_app(tmp_path, monkey
     engine = Engine(name="toy", pipe=pipe)
     assert engine.knows_words and "cyan" in engine.describe() and "random weights" not in engine.describe()
     build_demo(engine)  # the app builds with the toy presets and defaults
+
+    from finecontrol.toyworld.evaluate import EVAL_SETTINGS, evaluate, write_report
+
+    results = evaluate(pipe, people=[2, 3], scenes=2, settings=replace(EVAL_SETTINGS, steps=2))
+    assert set(results) == {"finecontrol", "controlnet", "multicontrolnet"}
+    for by_n in results.values():
+        assert set(by_n) == {"2", "3"}
+        assert by_n["2"]["persons"] <= 4 and 0 <= by_n["3"]["identity_accuracy"] <= 1
+    write_report(results, tmp_path / "eval")
+    assert (tmp_path / "eval" / "results.png").stat().st_size > 0
+    assert json.loads((tmp_path / "eval" / "results.json").read_text()) == results

@@ -17,7 +17,9 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from finecontrol.toyworld.world import SIZE, VOCABULARY, condition_image, random_scene, render_scene
+from finecontrol.toyworld.world import (
+    JOINT_RADIUS, SIZE, STICK_WIDTH, VOCABULARY, condition_image, random_scene, render_scene,
+)
 
 BATCH = 32
 CAPTION_DROP = 0.1
@@ -203,7 +205,7 @@ def train(out: Path, vae_steps: int = 400, unet_steps: int = 3000, controlnet_st
         module.to(torch.float16).save_pretrained(out / name)
     tokenizer.save_pretrained(out / "tokenizer")
     DDIMScheduler.from_config(scheduler.config).save_pretrained(out / "scheduler")
-    info = {"resolution": SIZE, "stick_width": 1, "joint_radius": 2, "vocabulary": VOCABULARY,
+    info = {"resolution": SIZE, "stick_width": STICK_WIDTH, "joint_radius": JOINT_RADIUS, "vocabulary": VOCABULARY,
             "defaults": {"quality_suffix": "", "guidance_scale": 3.0, "control_strength": 1.0,
                          "harmony": 0.0, "steps": 30},
             "negative_prompt": "", "training_minutes": round(minutes, 1)}
