@@ -188,8 +188,13 @@ def mask_previews(
 
 
 def labelled_grid(images: list[list[Image.Image]], columns: list[str], rows: list[str]) -> Image.Image:
-    """Images in a grid with a header per column and a label per row."""
+    """Images in a grid with a header per column and a label per row; images narrower than 128 px
+    (the toy model's 64 px) are enlarged by a whole factor so that the labels fit."""
     w, h = images[0][0].size
+    factor = -(-128 // w)
+    if factor > 1:
+        w, h = w * factor, h * factor
+        images = [[image.resize((w, h), Image.NEAREST) for image in row] for row in images]
     top, left = 24, 64 if any(rows) else 0
     grid = Image.new("RGB", (left + w * len(columns), top + h * len(rows)), "white")
     draw = ImageDraw.Draw(grid)

@@ -131,3 +131,14 @@ def test_harmony_is_the_number_of_final_soft_steps():
     assert soft == [False] * 10 + [True] * 10
     with pytest.raises(ValueError):
         harmony_steps(20, 1.5)
+
+
+def test_labelled_grid_enlarges_small_images_so_labels_fit():
+    from PIL import Image
+
+    from finecontrol.render import labelled_grid
+
+    small = Image.new("RGB", (64, 48), "red")
+    grid = labelled_grid([[small, small]], ["finecontrol", "controlnet"], ["seed 0"])
+    assert grid.size == (64 + 2 * 128, 24 + 96)
+    assert grid.getpixel((64 + 127, 24 + 95)) == (255, 0, 0)

@@ -19,7 +19,7 @@ from finecontrol.scene import Person, Scene
 from finecontrol.toyworld.world import BACKGROUNDS, COLORS, SETTINGS, SIZE, SKIN, ToyScene, random_scene
 
 # The toy model's evaluation settings (no quality suffix: the model never saw those words).
-EVAL_SETTINGS = Settings(steps=30, guidance_scale=3.0, control_strength=1.0, harmony=0.0, quality_suffix="")
+EVAL_SETTINGS = Settings(steps=20, guidance_scale=3.0, control_strength=1.0, harmony=0.0, quality_suffix="")
 BACKGROUND_DISTANCE = 60.0  # RGB distance above which a pixel is not the drawn background
 
 

@@ -178,8 +178,8 @@ def train_controlnet(controlnet, unet, text_encoder, tokenizer, scheduler, pool,
     return ema.eval()
 
 
-def train(out: Path, vae_steps: int = 400, unet_steps: int = 3000, controlnet_steps: int = 2000,
-          pool_size: int = 32768, seed: int = 0) -> None:
+def train(out: Path, vae_steps: int = 300, unet_steps: int = 2200, controlnet_steps: int = 1400,
+          pool_size: int = 16384, seed: int = 0) -> None:
     """Train every stage and save the model folder (fp16 weights) with its loss log."""
     from diffusers import DDIMScheduler
 
@@ -207,7 +207,7 @@ def train(out: Path, vae_steps: int = 400, unet_steps: int = 3000, controlnet_st
     DDIMScheduler.from_config(scheduler.config).save_pretrained(out / "scheduler")
     info = {"resolution": SIZE, "stick_width": STICK_WIDTH, "joint_radius": JOINT_RADIUS, "vocabulary": VOCABULARY,
             "defaults": {"quality_suffix": "", "guidance_scale": 3.0, "control_strength": 1.0,
-                         "harmony": 0.0, "steps": 30},
+                         "harmony": 0.0, "steps": 20},
             "negative_prompt": "", "training_minutes": round(minutes, 1)}
     (out / "finecontrol.json").write_text(json.dumps(info, indent=1) + "\n")
     (out / "training_log.json").write_text(json.dumps(log) + "\n")
