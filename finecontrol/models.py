@@ -109,7 +109,7 @@ def _from_pretrained(cls, source: str, subfolder: str | None):
         return cls.from_pretrained(source, local_files_only=True, **kwargs)
     except (OSError, ValueError):
         pass
-    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false") or not _hub_reachable():
+    if _hub_unavailable():
         raise ModelNotAvailableError(
             f"{source} is not in the local cache and the Hugging Face hub cannot be reached. "
             f"On a machine with internet run `hf download {source} --local-dir models/{source.split('/')[-1]}`, "
@@ -120,6 +120,11 @@ def _from_pretrained(cls, source: str, subfolder: str | None):
 
 def _looks_like_path(source: str) -> bool:
     return source.startswith((".", "/", "~")) or source.count("/") != 1
+
+
+def _hub_unavailable() -> bool:
+    """True when downloads are switched off (HF_HUB_OFFLINE) or the hub does not answer."""
+    return os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false") or not _hub_reachable()
 
 
 def _hub_reachable(timeout: float = 3.0) -> bool:
@@ -144,7 +149,7 @@ def load_pose_detector(source: str = DEFAULT_ANNOTATORS):
         try:
             detector = OpenposeDetector.from_pretrained(source, local_files_only=True)
         except Exception:
-            if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false") or not _hub_reachable():
+            if _hub_unavailable():
                 raise ModelNotAvailableError(
                     f"the OpenPose detector weights ({source}) are not here and the hub cannot be reached; "
                     f"on a machine with internet run `hf download {source} body_pose_model.pth hand_pose_model.pth "
