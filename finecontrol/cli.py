@@ -74,14 +74,14 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
     parser.add_argument("--dtype", choices=sorted(_DTYPES), help="weights and compute (default: float16 on CUDA, float32 on CPU)")
     parser.add_argument("--steps", type=int)
-    parser.add_argument("--guidance", type=float, help="classifier-free guidance scale (9.0)")
-    parser.add_argument("--strength", type=float, help="ControlNet strength for people without their own (1.5)")
-    parser.add_argument("--harmony", type=float, help="fraction of final steps that blend masks softly (0.5)")
+    parser.add_argument("--guidance", type=float, help="classifier-free guidance scale (SD1.5: 9.0, toy: 3.0)")
+    parser.add_argument("--strength", type=float, help="ControlNet strength for people without their own (SD1.5: 1.5, toy: 1.0)")
+    parser.add_argument("--harmony", type=float, help="fraction of final steps that blend masks softly (SD1.5: 0.5, toy: 0)")
     parser.add_argument("--temperature", type=float, help="mask softmax temperature (0.001)")
     parser.add_argument("--dilation", type=int, help="mask dilation kernel in pixels (height // 8, odd)")
     parser.add_argument("--blur", type=float, help="mask blur sigma in pixels (1.0)")
     parser.add_argument("--scheduler", choices=SCHEDULERS)
-    parser.add_argument("--suffix", help='quality suffix appended to prompts ("best quality")')
+    parser.add_argument("--suffix", help='quality suffix appended to prompts (SD1.5: "best quality", toy: none)')
     parser.add_argument("--width", type=int)
     parser.add_argument("--height", type=int)
 
@@ -107,9 +107,9 @@ def _settings(args: argparse.Namespace, stored: Settings | None, defaults: Setti
 
 
 def _load(args: argparse.Namespace):
-    from finecontrol.models import load_model, offline_default
-
     import torch
+
+    from finecontrol.models import load_model, offline_default
 
     dtype = getattr(torch, _DTYPES[args.dtype]) if args.dtype else None
     args.model = args.model or offline_default()
