@@ -71,6 +71,23 @@ def test_palette_colours_are_well_separated_from_each_other_and_the_backgrounds(
             assert np.linalg.norm(np.subtract(c, other)) > 80, (c, other)
 
 
+def test_the_longest_caption_fits_the_text_encoder_whole(tmp_path):
+    """Four people "on a beach": every word, the setting included, reaches the model."""
+    from finecontrol.tokenizer import write_tokenizer
+    from finecontrol.toyworld.train import MAX_TOKENS, _tokens, build_models
+
+    write_tokenizer(VOCABULARY, tmp_path / "tokenizer")
+    tokenizer = build_models(tmp_path / "tokenizer")[0]
+    toy = random_scene(np.random.default_rng(0), people=4, setting="beach")
+    ids = _tokens(tokenizer, [toy.caption()])[0].tolist()
+    words = toy.caption().split()
+    assert ids[:len(words) + 2] == [tokenizer.bos_token_id, *tokenizer.convert_tokens_to_ids(
+        [w + "</w>" for w in words]), tokenizer.eos_token_id]
+    assert len(ids) == MAX_TOKENS
+    with pytest.raises(ValueError):
+        _tokens(tokenizer, [" and ".join([toy.caption()] * 2)])
+
+
 def test_toy_name_without_weights_says_how_to_train_them(monkeypatch, tmp_path):
     import finecontrol.models as models
 

@@ -9,9 +9,9 @@ commands = parser.add_subparsers(dest="command", required=True)
 train = commands.add_parser("train", help="train the toy model from scratch (CPU)")
 train.add_argument("--out", type=Path, required=True)
 train.add_argument("--vae-steps", type=int, default=300)
-train.add_argument("--unet-steps", type=int, default=2200)
-train.add_argument("--controlnet-steps", type=int, default=1400)
-train.add_argument("--pool", type=int, default=16384, help="scenes rendered once and reused")
+train.add_argument("--unet-steps", type=int, default=4500)
+train.add_argument("--controlnet-steps", type=int, default=2000)
+train.add_argument("--pool", type=int, default=32768, help="scenes rendered once and reused")
 train.add_argument("--seed", type=int, default=0)
 evaluate = commands.add_parser("evaluate", help="identity, pose and setting scores of every method")
 evaluate.add_argument("--out", type=Path, required=True)
@@ -30,7 +30,8 @@ else:
 
     from finecontrol.models import load_model
     from finecontrol.pipeline import METHODS
-    from finecontrol.toyworld.evaluate import evaluate as run, print_table, write_report
+    from finecontrol.toyworld.evaluate import evaluate as run
+    from finecontrol.toyworld.evaluate import print_table, write_report
 
     people = [int(n) for n in args.people.split(",")]
     bar = tqdm(total=len(people) * len(METHODS) * args.scenes, unit="image")

@@ -18,21 +18,29 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from finecontrol.toyworld.world import (
-    JOINT_RADIUS, SIZE, STICK_WIDTH, VOCABULARY, condition_image, random_scene, render_scene,
+    JOINT_RADIUS,
+    SIZE,
+    STICK_WIDTH,
+    VOCABULARY,
+    condition_image,
+    random_scene,
+    render_scene,
 )
 
 BATCH = 32
 CAPTION_DROP = 0.1
+# Tokens per caption: the longest (4 people "on a beach") is 20 with BOS and EOS; never truncate.
+MAX_TOKENS = 24
 
 
 def build_models(tokenizer_dir: Path):
     from diffusers import AutoencoderKL, ControlNetModel, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-    tokenizer = CLIPTokenizer.from_pretrained(str(tokenizer_dir), model_max_length=16)
+    tokenizer = CLIPTokenizer.from_pretrained(str(tokenizer_dir), model_max_length=MAX_TOKENS)
     text_encoder = CLIPTextModel(CLIPTextConfig(
         vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, max_position_embeddings=16, bos_token_id=tokenizer.bos_token_id,
+        num_attention_heads=4, max_position_embeddings=MAX_TOKENS, bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id))
     vae = AutoencoderKL(block_out_channels=(16, 32, 64), down_block_types=("DownEncoderBlock2D",) * 3,
                         up_block_types=("UpDecoderBlock2D",) * 3, layers_per_block=1, latent_channels=4,
@@ -42,7 +50,10 @@ def build_models(tokenizer_dir: Path):
         down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
         # one attention head: 1.7x faster on CPU than eight (0.55 vs 0.93 s a batch-32 step here)
-        layers_per_block=1, cross_attention_dim=64, attention_head_dim=1, norm_num_groups=16)
+        layers_per_block=1, cross_attention_dim=64, attention_head_dim=1, norm_num_groups=16,
+        # the caption, pooled, also joins the time embedding: a global path for the setting word,
+        # which cross-attention alone under-learned (backgrounds drifted between settings)
+        addition_embed_type="text", addition_embed_type_num_heads=4)
     scheduler = DDPMScheduler(beta_schedule="squaredcos_cap_v2", prediction_type="epsilon",
                               clip_sample=False, steps_offset=1)
     return tokenizer, text_encoder, vae, unet, scheduler, ControlNetModel
@@ -109,8 +120,12 @@ def encode_pool(vae, pool: Pool) -> torch.Tensor:
 
 
 def _tokens(tokenizer, captions: list[str]) -> torch.Tensor:
-    return tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length,
-                     truncation=True, return_tensors="pt").input_ids
+    """Token ids padded to the model's length; a caption that does not fit is an error, not cut."""
+    ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length,
+                    truncation=False, return_tensors="pt").input_ids
+    if ids.shape[1] > tokenizer.model_max_length:
+        raise ValueError(f"a caption has {ids.shape[1]} tokens, more than the {tokenizer.model_max_length} the model reads")
+    return ids
 
 
 def _diffusion_loss(eps_pred, noise, timesteps, scheduler) -> torch.Tensor:
@@ -178,8 +193,8 @@ def train_controlnet(controlnet, unet, text_encoder, tokenizer, scheduler, pool,
     return ema.eval()
 
 
-def train(out: Path, vae_steps: int = 300, unet_steps: int = 2200, controlnet_steps: int = 1400,
-          pool_size: int = 16384, seed: int = 0) -> None:
+def train(out: Path, vae_steps: int = 300, unet_steps: int = 4500, controlnet_steps: int = 2000,
+          pool_size: int = 32768, seed: int = 0) -> None:
     """Train every stage and save the model folder (fp16 weights) with its loss log."""
     from diffusers import DDIMScheduler
 
