@@ -1,0 +1,50 @@
+"""The shipped toy model: the method's effect, guarded (fails, never skips, if the weights are missing)."""
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from finecontrol.models import TOY_MODEL, load_model
+from finecontrol.scene import load_scene
+from finecontrol.toyworld.evaluate import EVAL_SETTINGS, evaluate, score_image
+from finecontrol.toyworld.world import SETTINGS, SIZE, ToyScene
+
+# The shipped weights score finecontrol 1.0 vs controlnet 0.53 identity on this guard set
+# (16 scenes, seed 2024, N=2); the floor is the project's target at N=2.
+IDENTITY_FLOOR = 0.85
+MARGIN_OVER_CONTROLNET = 0.2
+
+
+@pytest.fixture(scope="module")
+def toy():
+    assert (TOY_MODEL / "finecontrol.json").exists(), f"the shipped toy model is missing from {TOY_MODEL}"
+    return load_model("toy", device="cpu")
+
+
+def test_per_person_prompts_keep_identities_where_one_global_prompt_does_not(toy):
+    results = evaluate(toy, people=[2], scenes=16, seed=2024, methods=("finecontrol", "controlnet"))
+    fine, plain = results["finecontrol"]["2"], results["controlnet"]["2"]
+    assert fine["persons"] == plain["persons"] == 32
+    assert fine["identity_accuracy"] >= IDENTITY_FLOOR, results
+    assert fine["identity_accuracy"] >= plain["identity_accuracy"] + MARGIN_OVER_CONTROLNET, results
+    assert fine["pose_fidelity"] >= 0.8 and fine["setting_accuracy"] >= 0.8, results
+
+
+@pytest.mark.parametrize("preset", ["two_people", "three_people", "four_people"])
+def test_app_presets_draw_each_person_in_their_colour_on_their_setting(toy, preset):
+    """The app's toy presets (512 px canvases) at the model's own defaults, scored at 64 px."""
+    scene = load_scene(f"assets/scenes/toy/{preset}.json")
+    result = toy(scene, replace(toy.default_settings(), seed=0))
+    assert result.image.size == (SIZE, SIZE)
+    scale = np.array([SIZE / scene.width, SIZE / scene.height, 1.0])
+    setting = next(word for word, phrase in SETTINGS.items() if phrase == scene.setting)
+    colors = [p.prompt.split()[1] for p in scene.people]
+    score = score_image(np.asarray(result.image), ToyScene(setting, colors, [p.keypoints * scale for p in scene.people]))
+    assert score["setting"] and all(score["identity"]), score
+
+
+def test_evaluation_settings_are_the_models_defaults(toy):
+    defaults = toy.default_settings()
+    assert (defaults.steps, defaults.guidance_scale, defaults.control_strength, defaults.harmony) == (
+        EVAL_SETTINGS.steps, EVAL_SETTINGS.guidance_scale, EVAL_SETTINGS.control_strength, EVAL_SETTINGS.harmony)
