@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from finecontrol.models import tiny_pipeline
+from finecontrol.models import TOY_MODEL, load_model, tiny_pipeline
 from finecontrol.pose import template_pose
 from finecontrol.scene import Person, Scene
 
@@ -12,6 +12,13 @@ torch.set_num_threads(2)
 def tiny():
     """The SD-shaped tiny random model, built once for the whole run."""
     return tiny_pipeline()
+
+
+@pytest.fixture(scope="session")
+def toy():
+    """The shipped toy model (a failure, never a skip, if its weights are missing)."""
+    assert (TOY_MODEL / "finecontrol.json").exists(), f"the shipped toy model is missing from {TOY_MODEL}"
+    return load_model("toy", device="cpu")
 
 
 def make_scene(people: list[tuple[str, str, float]], width: int = 512, height: int = 512, setting: str = "") -> Scene:
@@ -34,18 +41,29 @@ def assert_close(a: torch.Tensor, b: torch.Tensor, atol: float) -> None:
     assert diff <= atol, f"max difference {diff:.3g} > {atol:.3g}"
 
 
-@pytest.fixture(scope="session")
-def app_url(tiny):
-    """FineControl Studio on the tiny model, served on 127.0.0.1 for the whole run."""
+def _serve(name: str, pipe):
+    """FineControl Studio on `pipe`, served on 127.0.0.1 until the generator closes."""
     from finecontrol.ui.demo import CSS, build_demo
     from finecontrol.ui.engine import Engine
 
-    demo = build_demo(Engine(name="tiny", pipe=tiny))
+    demo = build_demo(Engine(name=name, pipe=pipe))
     demo.queue(max_size=20, default_concurrency_limit=1)
     _, url, _ = demo.launch(server_name="127.0.0.1", server_port=_free_port(), prevent_thread_lock=True,
                             quiet=True, css=CSS)
     yield url.rstrip("/")
     demo.close()
+
+
+@pytest.fixture(scope="session")
+def app_url(tiny):
+    """The app on the tiny model for the whole run."""
+    yield from _serve("tiny", tiny)
+
+
+@pytest.fixture(scope="session")
+def toy_app_url(toy):
+    """The app on the shipped toy model, as `python app.py` starts it on a CPU machine."""
+    yield from _serve("toy", toy)
 
 
 def _free_port() -> int:

@@ -1,6 +1,7 @@
 """End to end in a real browser: Debian's chromium driven by Playwright, against the app on
 127.0.0.1. In CI (CI=true) a missing browser is a failure, never a skip."""
 
+import io
 import json
 import os
 import shutil
@@ -9,6 +10,7 @@ from urllib.parse import urlparse
 
 import numpy as np
 import pytest
+from PIL import Image
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -30,8 +32,8 @@ def browser():
         browser.close()
 
 
-@pytest.fixture
-def page(browser, app_url):
+def _open(browser, url: str):
+    """A page on the app that fails its test on any console error or request leaving 127.0.0.1."""
     page = browser.new_page(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
     page.problems = []
     page.on("console", lambda m: page.problems.append(f"console {m.type}: {m.text}") if m.type == "error" else None)
@@ -41,11 +43,21 @@ def page(browser, app_url):
     page.on("request", lambda r: page.problems.append(f"request left 127.0.0.1: {r.url}")
             if urlparse(r.url).scheme in ("http", "https", "ws", "wss") and urlparse(r.url).hostname != "127.0.0.1"
             else None)
-    page.goto(app_url)
+    page.goto(url)
     page.wait_for_selector(".fc-canvas")
     yield page
     assert page.problems == []
     page.close()
+
+
+@pytest.fixture
+def page(browser, app_url):
+    yield from _open(browser, app_url)
+
+
+@pytest.fixture
+def toy_page(browser, toy_app_url):
+    yield from _open(browser, toy_app_url)
 
 
 def scene(page) -> dict:
@@ -108,10 +120,34 @@ def test_three_people_prompts_masks_generate_and_compare(page):
     expect(page.locator("#prompts-used")).to_contain_text("Seed 7")
     expect(page.locator("#prompts-used")).to_contain_text("Person 3: a chef in a forest, best quality")
     expect(page.locator("#mask-image img")).to_be_visible()
-    if os.environ.get("FINECONTROL_SCREENSHOT"):
-        page.screenshot(path=os.environ["FINECONTROL_SCREENSHOT"], full_page=True)
     page.click("#compare-button")
     expect(page.locator("#comparison img")).to_be_visible(timeout=180_000)
+
+
+def test_toy_model_draws_each_typed_colour_on_its_own_skeleton(toy_page):
+    """What `python app.py` does on a CPU machine: a preset, three colour prompts typed in, generate."""
+    from finecontrol.scene import scene_from_dict
+    from finecontrol.toyworld.evaluate import from_scene, score_image
+
+    page = toy_page
+    expect(page.get_by_text("toy world of coloured stick figures")).to_be_visible()
+    page.get_by_text("three_people", exact=True).click()
+    expect(page.locator(".fc-card")).to_have_count(3, timeout=30_000)
+    for i, colour in enumerate(["red", "blue", "pink"]):
+        page.fill(f".fc-card[data-index='{i}'] .fc-prompt", f"a {colour} person")
+    page.fill("#setting textarea", "on grass")
+    page.click("text=Advanced settings")
+    page.fill("#seed input", "3")
+    page.press("#seed input", "Tab")
+    page.click("#generate-button")
+    expect(page.locator("#prompts-used")).to_contain_text("Person 3: a pink person on grass", timeout=60_000)
+    png = page.request.get(page.locator("#result img").get_attribute("src")).body()
+    image = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
+    drawn = {**scene(page), "setting": "on grass"}  # the setting lives in its own textbox
+    score = score_image(image, from_scene(scene_from_dict(drawn)))
+    assert score["setting"] and score["identity"] == [True, True, True], score
+    if os.environ.get("FINECONTROL_SCREENSHOT"):
+        page.screenshot(path=os.environ["FINECONTROL_SCREENSHOT"], full_page=True)
 
 
 def test_empty_canvas_shows_an_error_and_keeps_the_scene(page):

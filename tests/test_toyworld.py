@@ -6,7 +6,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from finecontrol.toyworld.evaluate import body_masks, score_image, to_scene
+from finecontrol.toyworld.evaluate import body_masks, from_scene, score_image, to_scene
 from finecontrol.toyworld.world import BACKGROUNDS, COLORS, SETTINGS, VOCABULARY, random_scene, render_scene
 
 
@@ -55,6 +55,21 @@ def test_metrics_catch_swapped_colours_and_missing_people():
     night = np.empty_like(image)
     night[:] = BACKGROUNDS["night"]
     assert not score_image(night, toy)["setting"]
+
+
+def test_a_scene_in_toy_words_converts_back_to_the_toy_scene_at_64_px():
+    toy = random_scene(np.random.default_rng(3), people=3)
+    back = from_scene(to_scene(toy))
+    assert (back.setting, back.colors) == (toy.setting, toy.colors)
+    assert all(np.allclose(a, b) for a, b in zip(back.poses, toy.poses))
+    big = to_scene(toy)
+    big.width, big.height = 512, 256
+    for person in big.people:
+        person.keypoints = person.keypoints * [8, 4, 1]
+    assert all(np.allclose(a, b) for a, b in zip(from_scene(big).poses, toy.poses))
+    big.people[0].prompt = "an astronaut"
+    with pytest.raises(ValueError, match="not a toy scene"):
+        from_scene(big)
 
 
 def test_body_masks_leave_out_pixels_people_share():

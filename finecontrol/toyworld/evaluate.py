@@ -29,6 +29,17 @@ def to_scene(toy: ToyScene) -> Scene:
     return Scene(width=SIZE, height=SIZE, people=people, setting=SETTINGS[toy.setting], negative_prompt="")
 
 
+def from_scene(scene: Scene) -> ToyScene:
+    """The toy scene an engine scene describes in toy words ("a red person", "on grass"), its poses
+    scaled from the canvas to 64 px: what `score_image` needs to score any generated 64 px image."""
+    setting = {phrase: word for word, phrase in SETTINGS.items()}.get(scene.setting.strip())
+    colors = [p.prompt.strip().removeprefix("a ").removesuffix(" person") for p in scene.people]
+    if setting is None or any(c not in COLORS for c in colors):
+        raise ValueError(f"not a toy scene: setting {scene.setting!r}, prompts {[p.prompt for p in scene.people]}")
+    scale = np.array([SIZE / scene.width, SIZE / scene.height, 1.0])
+    return ToyScene(setting, colors, [p.keypoints * scale for p in scene.people])
+
+
 def body_masks(poses: list[np.ndarray]) -> list[np.ndarray]:
     """Each person's thin body mask (1 px limbs and torso outline, head left out), minus the
     pixels another person's mask also covers."""

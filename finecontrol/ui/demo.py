@@ -55,7 +55,7 @@ def build_demo(engine: Engine, annotators: str = DEFAULT_ANNOTATORS) -> gr.Block
                     masks_button = gr.Button("Show masks", elem_id="masks-button")
                     generate_button = gr.Button("Generate", variant="primary", elem_id="generate-button")
                     compare_button = gr.Button("Compare methods", elem_id="compare-button")
-                with gr.Accordion("Advanced settings (paper defaults)", open=False):
+                with gr.Accordion("Advanced settings (the model's defaults)", open=False):
                     with gr.Row():
                         method = gr.Dropdown(list(METHODS), value=defaults.method, label="Method")
                         scheduler = gr.Dropdown(list(SCHEDULERS), value=defaults.scheduler, label="Scheduler")
