@@ -112,6 +112,17 @@ def test_toy_name_without_weights_says_how_to_train_them(monkeypatch, tmp_path):
         models.load_model("toy", device="cpu")
 
 
+def test_training_is_reproducible_bit_for_bit(tmp_path):
+    from finecontrol.toyworld.train import train
+
+    for run in ("first", "second"):
+        train(tmp_path / run, vae_steps=2, unet_steps=2, controlnet_steps=2, pool_size=64)
+    weights = sorted(p.relative_to(tmp_path / "first") for p in (tmp_path / "first").rglob("*.safetensors"))
+    assert len(weights) == 4
+    for path in weights:
+        assert (tmp_path / "first" / path).read_bytes() == (tmp_path / "second" / path).read_bytes(), path
+
+
 def test_a_freshly_trained_model_runs_in_the_engine_and_the_app(tmp_path, monkeypatch):
     """A few training steps of every stage, then the whole path: folder -> engine -> app."""
     import finecontrol.models as models
