@@ -30,8 +30,7 @@ else:
 
     from finecontrol.models import load_model
     from finecontrol.pipeline import METHODS
-    from finecontrol.toyworld.evaluate import evaluate as run
-    from finecontrol.toyworld.evaluate import print_table, write_report
+    from finecontrol.toyworld.evaluate import evaluate as run, print_table, write_report
 
     people = [int(n) for n in args.people.split(",")]
     bar = tqdm(total=len(people) * len(METHODS) * args.scenes, unit="image")

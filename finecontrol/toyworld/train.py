@@ -18,13 +18,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from finecontrol.toyworld.world import (
-    JOINT_RADIUS,
-    SIZE,
-    STICK_WIDTH,
-    VOCABULARY,
-    condition_image,
-    random_scene,
-    render_scene,
+    JOINT_RADIUS, SIZE, STICK_WIDTH, VOCABULARY, condition_image, random_scene, render_scene,
 )
 
 BATCH = 32
