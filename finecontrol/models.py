@@ -39,9 +39,14 @@ class ModelNotAvailableError(RuntimeError):
     """A model that cannot be loaded here, with what to download and where to put it."""
 
 
+def toy_model_available() -> bool:
+    """True when the toy model's folder (shipped in assets/, or trained there) is complete enough to load."""
+    return (TOY_MODEL / MODEL_INFO).is_file()
+
+
 def offline_default() -> str:
     """The model to use without a GPU: the shipped toy model, else the random tiny one."""
-    return "toy" if (TOY_MODEL / MODEL_INFO).is_file() else "tiny"
+    return "toy" if toy_model_available() else "tiny"
 
 
 def load_model(
@@ -61,7 +66,7 @@ def load_model(
     if dtype is None:
         dtype = torch.float16 if device.type == "cuda" else torch.float32
     if name == "toy":
-        if not (TOY_MODEL / MODEL_INFO).is_file():
+        if not toy_model_available():
             raise ModelNotAvailableError(
                 f"the toy model is not in {TOY_MODEL}: train it with "
                 f"`python -m finecontrol.toyworld train --out {TOY_MODEL}`"
