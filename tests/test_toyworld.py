@@ -112,27 +112,36 @@ def test_toy_name_without_weights_says_how_to_train_them(monkeypatch, tmp_path):
         models.load_model("toy", device="cpu")
 
 
-def test_training_is_reproducible_bit_for_bit(tmp_path):
+MICRO_TRAINING = {"vae_steps": 2, "unet_steps": 2, "controlnet_steps": 2, "pool_size": 64}
+
+
+@pytest.fixture(scope="module")
+def micro_trained(tmp_path_factory):
+    """A model folder from a few training steps of every stage (trained once for this module)."""
     from finecontrol.toyworld.train import train
 
-    for run in ("first", "second"):
-        train(tmp_path / run, vae_steps=2, unet_steps=2, controlnet_steps=2, pool_size=64)
-    weights = sorted(p.relative_to(tmp_path / "first") for p in (tmp_path / "first").rglob("*.safetensors"))
+    folder = tmp_path_factory.mktemp("micro") / "toyworld"
+    train(folder, **MICRO_TRAINING)
+    return folder
+
+
+def test_training_is_reproducible_bit_for_bit(micro_trained, tmp_path):
+    from finecontrol.toyworld.train import train
+
+    train(tmp_path / "again", **MICRO_TRAINING)
+    weights = sorted(p.relative_to(micro_trained) for p in micro_trained.rglob("*.safetensors"))
     assert len(weights) == 4
     for path in weights:
-        assert (tmp_path / "first" / path).read_bytes() == (tmp_path / "second" / path).read_bytes(), path
+        assert (micro_trained / path).read_bytes() == (tmp_path / "again" / path).read_bytes(), path
 
 
-def test_a_freshly_trained_model_runs_in_the_engine_and_the_app(tmp_path, monkeypatch):
+def test_a_freshly_trained_model_runs_in_the_engine_and_the_app(micro_trained, tmp_path, monkeypatch):
     """A few training steps of every stage, then the whole path: folder -> engine -> app."""
     import finecontrol.models as models
-    from finecontrol.toyworld.train import train
     from finecontrol.ui.demo import build_demo
     from finecontrol.ui.engine import Engine
 
-    folder = tmp_path / "toyworld"
-    train(folder, vae_steps=2, unet_steps=2, controlnet_steps=2, pool_size=64)
-    monkeypatch.setattr(models, "TOY_MODEL", folder)
+    monkeypatch.setattr(models, "TOY_MODEL", micro_trained)
     assert models.offline_default() == "toy"
     pipe = models.load_model("toy", device="cpu")
     assert pipe.resolution == 64 and pipe.skeleton_style == (1, 2)
