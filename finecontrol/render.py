@@ -76,9 +76,13 @@ def skeleton_image(
     return canvas
 
 
-def default_dilation(image_height: int) -> int:
-    """Square dilation kernel size: image height // 8, made odd (65 at 512 px, 97 at 768 px)."""
-    k = image_height // 8
+def default_dilation(width: int, height: int) -> int:
+    """Square dilation kernel size: the image's shorter side // 8, made odd.
+
+    The original sizes it from its `image_resolution`, the shorter side after resizing, so a
+    512x768 portrait gets 65 like a 512 px square, and 768 px squares get 97.
+    """
+    k = min(width, height) // 8
     return k if k % 2 else k + 1
 
 
@@ -90,11 +94,12 @@ def raw_masks(
 ) -> np.ndarray:
     """Soft region of each person at latent size, (N, h, w) float32 in [0, 1].
 
-    Each person's own skeleton image is thresholded (> 0), dilated with a square kernel, blurred
+    Each person's own skeleton image is thresholded (> 0), dilated with a square kernel (`dilation`
+    pixels; None: `default_dilation` of the image size), blurred
     with a Gaussian of `blur_sigma` pixels and area-resized to the latent grid (h, w).
     """
     h, w = latent_size
-    k = default_dilation(person_images[0].shape[0]) if dilation is None else dilation
+    k = default_dilation(person_images[0].shape[1], person_images[0].shape[0]) if dilation is None else dilation
     kernel = np.ones((k, k), np.uint8) if k > 0 else None
     masks = []
     for image in person_images:
@@ -121,8 +126,15 @@ def soft_masks(raw: torch.Tensor, temperature: float) -> torch.Tensor:
 
 
 def hard_masks(raw: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Early-step masks: one-hot argmax over people wherever some R_i > 0, ties to the person with
-    the smaller total raw-mask area; softmax (1/N each) on the background where every R_i = 0."""
+    """Early-step masks: one-hot argmax over people wherever some R_i > 0; softmax (1/N each) on
+    the background where every R_i = 0.
+
+    Ties go to the person with the smaller total raw-mask area, whatever the order of people. This
+    is our rule, not the original's as it runs: the original adds 1 / (1e12 * area_i) to each mask
+    before its argmax, apparently for the same purpose, but in float32 that term is below the
+    precision of values near 1, so there ties go to the lowest-indexed person and the image depends
+    on the order of people (docs/method.md, "Ties").
+    """
     order = torch.argsort(raw.sum(dim=(1, 2)), stable=True)  # smaller area first wins ties
     winner = order[torch.argmax(raw[order], dim=0)]
     one_hot = torch.nn.functional.one_hot(winner, raw.shape[0]).permute(2, 0, 1).to(raw.dtype)

@@ -45,10 +45,21 @@ def test_hidden_keypoints_and_off_canvas_points_match_the_annotator():
     )
 
 
-def test_dilation_is_an_eighth_of_the_height_made_odd():
-    assert default_dilation(512) == 65
-    assert default_dilation(768) == 97
-    assert default_dilation(640) == 81
+@pytest.mark.parametrize("width, height, kernel", [
+    (512, 512, 65), (768, 768, 97), (512, 768, 65), (768, 512, 65), (640, 1024, 81), (1024, 640, 81),
+])
+def test_dilation_is_an_eighth_of_the_shorter_side_made_odd(width, height, kernel):
+    assert default_dilation(width, height) == kernel
+
+
+@pytest.mark.parametrize("width, height, kernel", [(96, 96, 13), (64, 96, 9), (96, 64, 9)],
+                         ids=["square", "portrait", "landscape"])
+def test_raw_masks_dilate_by_the_shorter_side_on_any_canvas(width, height, kernel):
+    image = np.zeros((height, width, 3), np.uint8)
+    image[height // 2, width // 2] = 255  # one lit pixel grows into a kernel x kernel square
+    raw = raw_masks([image], (height, width), blur_sigma=0)[0]
+    rows, cols = np.nonzero(raw)
+    assert np.ptp(rows) + 1 == np.ptp(cols) + 1 == kernel
 
 
 def test_raw_masks_are_in_unit_range_at_latent_size_and_cover_their_skeleton():
