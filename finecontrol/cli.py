@@ -17,7 +17,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from finecontrol.pipeline import METHODS, SCHEDULERS, Settings, random_seed
+from finecontrol.pipeline import COMPARED_METHODS, METHODS, SCHEDULERS, Settings, random_seed
 from finecontrol.render import labelled_grid, mask_previews
 from finecontrol.scene import Scene, SceneError, load_scene
 
@@ -52,7 +52,8 @@ def _parser() -> argparse.ArgumentParser:
 
     compare = commands.add_parser("compare", help="methods side by side over seeds, as a labelled grid")
     _common(compare)
-    compare.add_argument("--methods", default=",".join(METHODS), help="comma-separated (default: all)")
+    compare.add_argument("--methods", default=",".join(COMPARED_METHODS),
+                         help=f"comma-separated, of {', '.join(METHODS)} (default: {','.join(COMPARED_METHODS)})")
     compare.add_argument("--seeds", default="0", help="comma-separated seeds, one grid row each")
     compare.set_defaults(run=_compare)
 
@@ -78,7 +79,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--strength", type=float, help="ControlNet strength for people without their own (SD1.5: 1.5, toy: 1.0)")
     parser.add_argument("--harmony", type=float, help="fraction of final steps that blend masks softly (SD1.5: 0.5, toy: 0)")
     parser.add_argument("--temperature", type=float, help="mask softmax temperature (0.001)")
-    parser.add_argument("--dilation", type=int, help="mask dilation kernel in pixels (height // 8, odd)")
+    parser.add_argument("--dilation", type=int, help="mask dilation kernel in pixels (shorter side // 8, odd)")
     parser.add_argument("--blur", type=float, help="mask blur sigma in pixels (1.0)")
     parser.add_argument("--scheduler", choices=SCHEDULERS)
     parser.add_argument("--suffix", help='quality suffix appended to prompts (SD1.5: "best quality", toy: none)')
@@ -137,7 +138,7 @@ def _generate(args: argparse.Namespace) -> int:
     scene, stored = _read_input(args.scene)
     pipe = _load(args)
     settings = _settings(args, stored, pipe.default_settings())
-    progress = _Progress(settings.steps)
+    progress = _Progress(len(pipe.timestep_scheduler(settings).timesteps))
     result = pipe(scene, settings, callback=progress)
     progress.close()
     save_png(result.image, args.out, scene, settings, model=args.model)
@@ -160,7 +161,7 @@ def _compare(args: argparse.Namespace) -> int:
     pipe = _load(args)
     base = _settings(args, stored, pipe.default_settings())
     runs = [[replace(base, method=m, seed=s) for m in methods] for s in seeds]
-    progress = _Progress(base.steps * len(methods) * len(seeds))
+    progress = _Progress(len(pipe.timestep_scheduler(base).timesteps) * len(methods) * len(seeds))
     images = [[pipe(scene, settings, callback=progress).image for settings in row] for row in runs]
     progress.close()
     grid = labelled_grid(images, methods, [f"seed {s}" for s in seeds])

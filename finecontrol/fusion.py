@@ -1,6 +1,7 @@
-"""Where the people's branches meet: ControlNet residual composition and the feature composition
-before `unet.conv_norm_out` (DESIGN.md 2.3). Pure torch; tensors are laid out (halves * N, ...)
-with the N people of one classifier-free-guidance half next to each other."""
+"""Where the people's branches meet: ControlNet residual composition, the feature composition
+before `unet.conv_norm_out` (docs/method.md, "One denoising step") and, for the every-layer
+variant, after each transformer block of the UNet. Pure torch; tensors are laid out
+(halves * N, ...) with the N people of one classifier-free-guidance half next to each other."""
 
 from __future__ import annotations
 
@@ -66,25 +67,54 @@ def compose_residuals(
 
 
 class FeatureComposer:
-    """Forward pre-hook on `unet.conv_norm_out`: the (G*N, C, h, w) feature entering it becomes the
-    mask-weighted composite of each half, (G, C, h, w), so the UNet returns one eps per half.
+    """Hooks that merge the people's branches inside the UNet; a context manager.
 
-    Use as a context manager; set `.masks` (N, h, w) before each UNet call.
+    Always: a forward pre-hook on `unet.conv_norm_out` replaces the (G*N, C, h, w) feature entering
+    it by the mask-weighted composite of each half, (G, C, h, w), so the UNet returns one eps per
+    half (the paper's h-control; composing eps instead is a different method, since GroupNorm and
+    the 3x3 `conv_out` mix features across mask edges).
+
+    With `every_layer=True` (the paper's Figure 4, the original code's h-all) also a forward hook
+    on every transformer block of the UNet (down, mid and up): its output, after the person's own
+    cross-attention, becomes the mask-weighted composite broadcast back to every person, so the
+    branches share one feature map after each layer and differ only in what their own prompt
+    (and, at low resolution, their own ControlNet residuals) adds to it.
+
+    Set `.masks` (a MaskPyramid of (N, h, w) masks) before each UNet call.
     """
 
-    def __init__(self, unet: torch.nn.Module):
+    def __init__(self, unet: torch.nn.Module, every_layer: bool = False):
         if unet.conv_norm_out is None:
             raise ValueError("this UNet has no conv_norm_out, so the composition point does not exist")
         self.unet = unet
-        self.masks: torch.Tensor | None = None
-        self._handle = None
+        self.layers = transformer_blocks(unet) if every_layer else []
+        self.masks: MaskPyramid | None = None
+        self._handles: list = []
 
-    def _hook(self, module: torch.nn.Module, args: tuple) -> tuple:
-        return (masked_sum(args[0], self.masks),)
+    def _compose_output(self, module: torch.nn.Module, args: tuple, output):
+        sample = output[0] if isinstance(output, tuple) else output.sample
+        n = self.masks.masks.shape[0]
+        composed = masked_sum(sample, self.masks.at(sample.shape[-2:])).repeat_interleave(n, dim=0)
+        if isinstance(output, tuple):
+            return (composed, *output[1:])
+        output.sample = composed
+        return output
+
+    def _compose_final(self, module: torch.nn.Module, args: tuple) -> tuple:
+        return (masked_sum(args[0], self.masks.masks),)
 
     def __enter__(self) -> "FeatureComposer":
-        self._handle = self.unet.conv_norm_out.register_forward_pre_hook(self._hook)
+        self._handles = [layer.register_forward_hook(self._compose_output) for layer in self.layers]
+        self._handles.append(self.unet.conv_norm_out.register_forward_pre_hook(self._compose_final))
         return self
 
     def __exit__(self, *exc) -> None:
-        self._handle.remove()
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+
+def transformer_blocks(unet: torch.nn.Module) -> list[torch.nn.Module]:
+    """The UNet's transformer blocks (self- and cross-attention), in the order the UNet runs them."""
+    blocks = [*unet.down_blocks, unet.mid_block, *unet.up_blocks]
+    return [attention for block in blocks for attention in getattr(block, "attentions", None) or []]

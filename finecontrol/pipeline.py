@@ -1,10 +1,12 @@
 """FineControlPipeline: per-person prompts and skeletons -> one image (FineControlNet, h-control).
 
-One denoising loop serves the paper's method and the two baselines, so one seed gives
-comparable images:
+One denoising loop serves the paper's method, its every-layer variant and the two baselines, so
+one seed gives comparable images:
 - `finecontrol`: one ControlNet+UNet branch per person (own prompt, own skeleton) on the same
   latent; high-resolution ControlNet residuals and the feature entering `conv_norm_out` are
-  composed with the person masks (DESIGN.md 2.3).
+  composed with the person masks (docs/method.md, "One denoising step"; the paper's h-control).
+- `finecontrol-all`: as `finecontrol`, and the output of every transformer block of the UNet is
+  composed too (the paper's Figure 4, the original code's h-all).
 - `controlnet`: one branch, one global prompt, all skeletons in one control image.
 - `multicontrolnet`: ControlNet once per person, residuals summed, one UNet pass with the global prompt.
 Every step makes one batched ControlNet call and one batched UNet call for all people and both
@@ -31,8 +33,10 @@ from finecontrol.render import (
 )
 from finecontrol.scene import MAX_CANVAS, MIN_CANVAS, Scene, SceneError
 
-METHODS = ("finecontrol", "controlnet", "multicontrolnet")
-SCHEDULERS = ("ddim", "dpm++", "unipc")
+METHODS = ("finecontrol", "controlnet", "multicontrolnet", "finecontrol-all")
+COMPOSING_METHODS = ("finecontrol", "finecontrol-all")  # one branch per person, merged with masks
+COMPARED_METHODS = ("finecontrol", "controlnet", "multicontrolnet")  # the paper's method and its baselines
+SCHEDULERS = ("ddim", "ddim-original", "dpm++", "unipc")
 MAX_SEED = 2**32 - 1
 MODEL_INFO = "finecontrol.json"  # what a saved model folder declares beyond diffusers' configs
 
@@ -128,7 +132,7 @@ def join_prompt(prompt: str, setting: str, suffix: str) -> str:
 
 
 def build_prompts(scene: Scene, quality_suffix: str) -> Prompts:
-    """Person prompts, their negatives, and the baselines' single global prompt (DESIGN.md 2.1)."""
+    """Person prompts, their negatives, and the baselines' single global prompt (docs/method.md, "Prompts")."""
     own = [p.prompt for p in scene.people]
     return Prompts(
         people=[join_prompt(text, scene.setting, quality_suffix) for text in own],
@@ -233,17 +237,29 @@ class FineControlPipeline:
         return tuple(max(8, round(side * scale / 8) * 8) for side in (scene.width, scene.height))
 
     def make_scheduler(self, name: str):
-        """A fresh scheduler; DDIM uses the "leading" grid with offset 1, as the original sampler."""
+        """A fresh scheduler. `ddim`: diffusers' "leading" grid with offset 1, the original
+        sampler's grid whenever the steps divide 1000 (20 steps: 951, 901, ..., 1);
+        `ddim-original`: the original sampler's grid at any number of steps (30 -> 31 steps)."""
         from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, UniPCMultistepScheduler
+
+        from finecontrol.schedulers import original_grid_ddim
 
         config = self.scheduler.config
         if name == "ddim":
             return DDIMScheduler.from_config(config, timestep_spacing="leading", steps_offset=1)
+        if name == "ddim-original":
+            return original_grid_ddim(config)
         if name == "dpm++":
             return DPMSolverMultistepScheduler.from_config(config, algorithm_type="dpmsolver++")
         if name == "unipc":
             return UniPCMultistepScheduler.from_config(config)
         raise ValueError(f"unknown scheduler {name!r}")
+
+    def timestep_scheduler(self, settings: Settings):
+        """The settings' scheduler with its timesteps set: `len(.timesteps)` steps will run."""
+        scheduler = self.make_scheduler(settings.scheduler)
+        scheduler.set_timesteps(settings.steps, device=self.device)
+        return scheduler
 
     def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
         """CLIP embeddings (len(prompts), 77, D); each distinct text is encoded once."""
@@ -294,16 +310,18 @@ class FineControlPipeline:
         prompts = build_prompts(scene, settings.quality_suffix)
         branches = self._branches(settings, scene, prompts, control_image, person_images, early, late)
 
-        scheduler = self.make_scheduler(settings.scheduler)
-        scheduler.set_timesteps(settings.steps, device=self.device)
+        scheduler = self.timestep_scheduler(settings)
         if latents is None:
             latents = self.initial_latents(settings.seed, latent_size, scheduler.init_noise_sigma)
-        step_kwargs = {"eta": settings.eta} if settings.scheduler == "ddim" else {}
+        step_kwargs = {"eta": settings.eta} if settings.scheduler.startswith("ddim") else {}
+        # The last `soft_steps` of the steps actually run blend softly: int(steps * harmony) of
+        # them, also when a grid runs more steps than asked (ddim-original at 30: 16 hard + 15 soft).
         soft_steps = harmony_steps(settings.steps, settings.harmony)
         total = len(scheduler.timesteps)
 
-        composing = settings.method == "finecontrol"
-        with FeatureComposer(self.unet) if composing else nullcontext() as composer:
+        composing = settings.method in COMPOSING_METHODS
+        every_layer = settings.method == "finecontrol-all"
+        with FeatureComposer(self.unet, every_layer) if composing else nullcontext() as composer:
             for i, t in enumerate(scheduler.timesteps):
                 model_input = scheduler.scale_model_input(latents, t)
                 masks = branches.masks[int(uses_soft_masks(i, total, soft_steps))] if composing else None
@@ -362,9 +380,9 @@ class FineControlPipeline:
             conditioning_scale=branches.control_scales,
             return_dict=False,
         )
-        if method == "finecontrol":
+        if method in COMPOSING_METHODS:
             down = compose_residuals(list(down), masks, self.split)
-            composer.masks = masks.masks
+            composer.masks = masks
         elif method == "multicontrolnet":
             down = [sum_over_people(d, branches.people) for d in down]
             mid = sum_over_people(mid, branches.people)

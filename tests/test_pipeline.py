@@ -1,4 +1,4 @@
-"""The method's invariants (DESIGN.md 2.5) on the SD-shaped tiny random model."""
+"""The method's invariants (docs/method.md, "Invariants") on the SD-shaped tiny random model."""
 
 import numpy as np
 import pytest
@@ -7,7 +7,7 @@ from diffusers import StableDiffusionControlNetPipeline
 from PIL import Image
 
 from conftest import assert_close, make_scene
-from finecontrol.fusion import MaskPyramid, compose_residuals, masked_sum
+from finecontrol.fusion import FeatureComposer, MaskPyramid, compose_residuals, masked_sum, transformer_blocks
 from finecontrol.pipeline import Settings, build_prompts
 from finecontrol.scene import Person, Scene, SceneError
 
@@ -63,25 +63,27 @@ def test_with_one_person_all_methods_agree(tiny):
     scene = make_scene([("arms_up", "a knight", 256.0)])
     latents = latents_for(tiny, scene)
     results = [tiny(scene, Settings(method=m, **FAST), latents=latents.clone()).latents
-               for m in ("finecontrol", "controlnet", "multicontrolnet")]
-    assert_close(results[0], results[1], atol=1e-5)
-    assert_close(results[0], results[2], atol=1e-5)
+               for m in ("finecontrol", "controlnet", "multicontrolnet", "finecontrol-all")]
+    for other in results[1:]:
+        assert_close(results[0], other, atol=1e-5)
 
 
-def test_identical_people_equal_one_person(tiny):
+@pytest.mark.parametrize("method", ["finecontrol", "finecontrol-all"])
+def test_identical_people_equal_one_person(tiny, method):
     one = make_scene([("walking", "an astronaut", 256.0)])
     three = Scene(people=[one.people[0]] * 3)
     latents = latents_for(tiny, one)
-    single = tiny(one, Settings(**FAST), latents=latents.clone()).latents
-    triple = tiny(three, Settings(**FAST), latents=latents.clone()).latents
+    single = tiny(one, Settings(method=method, **FAST), latents=latents.clone()).latents
+    triple = tiny(three, Settings(method=method, **FAST), latents=latents.clone()).latents
     assert_close(single, triple, atol=1e-4)
 
 
-def test_reordering_people_leaves_the_image_unchanged(tiny, two_people):
+@pytest.mark.parametrize("method", ["finecontrol", "finecontrol-all"])
+def test_reordering_people_leaves_the_image_unchanged(tiny, two_people, method):
     latents = latents_for(tiny, two_people)
     swapped = Scene(people=two_people.people[::-1], setting=two_people.setting)
-    a = tiny(two_people, Settings(**FAST), latents=latents.clone()).latents
-    b = tiny(swapped, Settings(**FAST), latents=latents.clone()).latents
+    a = tiny(two_people, Settings(method=method, **FAST), latents=latents.clone()).latents
+    b = tiny(swapped, Settings(method=method, **FAST), latents=latents.clone()).latents
     assert_close(a, b, atol=1e-4)
 
 
@@ -91,7 +93,7 @@ def test_people_and_methods_change_the_image(tiny, two_people):
     base = tiny(two_people, Settings(**FAST), latents=latents.clone()).latents
     other_prompt = Scene(people=[two_people.people[0], Person(two_people.people[1].keypoints, "a chef")])
     assert (tiny(other_prompt, Settings(**FAST), latents=latents.clone()).latents - base).abs().max() > 1e-2
-    for method in ("controlnet", "multicontrolnet"):
+    for method in ("controlnet", "multicontrolnet", "finecontrol-all"):
         baseline = tiny(two_people, Settings(method=method, **FAST), latents=latents.clone()).latents
         assert (baseline - base).abs().max() > 1e-2, method
 
@@ -147,8 +149,6 @@ def reference_eps(pipe, branches, z, t, masks, compose_at):
 
 @pytest.mark.parametrize("phase", [0, 1], ids=["early", "late"])
 def test_batched_step_equals_separate_forwards_and_composes_before_conv_norm_out(tiny, two_people, phase):
-    from finecontrol.fusion import FeatureComposer
-
     settings = Settings(**FAST)
     branches, z = _step_inputs(tiny, two_people, settings)
     masks, t = branches.masks[phase], torch.tensor(601)
@@ -165,6 +165,41 @@ def test_batched_step_equals_separate_forwards_and_composes_before_conv_norm_out
     assert (eps_composed[1] - reference[1]).abs().max() > 1e-3 * scale
 
 
+@pytest.mark.parametrize("phase", [0, 1], ids=["early", "late"])
+def test_every_layer_variant_composes_each_transformer_block_output_and_keeps_h_control(tiny, two_people, phase):
+    """finecontrol-all: each transformer block's output (down, mid and up) is replaced by the
+    mask-weighted composite of its half, broadcast back to every person; the ControlNet residuals
+    and the final feature are composed as in finecontrol."""
+    settings = Settings(method="finecontrol-all", **FAST)
+    branches, z = _step_inputs(tiny, two_people, settings)
+    masks, t, n = branches.masks[phase], torch.tensor(601), 2
+    blocks = transformer_blocks(tiny.unet)
+    assert len(blocks) == 16  # 2 + 2 + 2 down, 1 mid, 3 + 3 + 3 up
+    raw, composed, residuals = [], [], []
+    capture_raw = [b.register_forward_hook(lambda m, a, out: raw.append(out[0])) for b in blocks]
+    try:
+        with torch.no_grad(), FeatureComposer(tiny.unet, every_layer=True) as composer:
+            capture_composed = [b.register_forward_hook(lambda m, a, out: composed.append(out[0])) for b in blocks]
+            capture_residuals = tiny.unet.register_forward_pre_hook(
+                lambda m, a, kw: residuals.append(kw["down_block_additional_residuals"]), with_kwargs=True)
+            batched = tiny._predict_noise("finecontrol-all", branches, z, t, masks, composer)
+    finally:
+        for hook in capture_raw + capture_composed + [capture_residuals]:
+            hook.remove()
+    assert len(raw) == len(composed) == 16
+    for before, after in zip(raw, composed):
+        expected = masked_sum(before, masks.at(before.shape[-2:])).repeat_interleave(n, dim=0)
+        assert torch.equal(after, expected)
+        assert not torch.equal(before[2], before[3])  # the two prompts differed before the composition
+    with torch.no_grad():
+        down, _ = tiny.controlnet(z.expand(4, -1, -1, -1), t, encoder_hidden_states=branches.controlnet_context,
+                                  controlnet_cond=branches.control_images, conditioning_scale=branches.control_scales,
+                                  return_dict=False)
+    for ours, expected in zip(residuals[0], compose_residuals(list(down), masks, tiny.split)):
+        assert_close(ours, expected, atol=1e-6)
+    assert batched[0].shape == batched[1].shape == z.shape
+
+
 def test_residual_split_keeps_the_three_lowest_resolution_residuals_per_person(tiny):
     assert tiny.num_residuals == 12
     assert tiny.split == 9
@@ -179,13 +214,14 @@ def test_residual_split_keeps_the_three_lowest_resolution_residuals_per_person(t
         assert composed[k] is down[k]
 
 
-def test_each_step_makes_one_batched_controlnet_and_one_batched_unet_call(tiny, two_people):
+@pytest.mark.parametrize("method", ["finecontrol", "finecontrol-all"])
+def test_each_step_makes_one_batched_controlnet_and_one_batched_unet_call(tiny, two_people, method):
     calls = []
     hooks = [module.register_forward_pre_hook(lambda mod, args, kw, name=name: calls.append((name, args[0].shape[0])),
                                               with_kwargs=True)
              for name, module in (("controlnet", tiny.controlnet), ("unet", tiny.unet))]
     try:
-        tiny(two_people, Settings(**FAST))
+        tiny(two_people, Settings(method=method, **FAST))
     finally:
         for hook in hooks:
             hook.remove()

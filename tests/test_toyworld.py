@@ -21,6 +21,18 @@ def test_scenes_have_distinct_colours_and_captions_name_everyone(n):
     assert set(caption.split()) <= set(VOCABULARY)
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_crowded_scenes_halve_the_distance_between_people(seed):
+    def centres(spread):
+        scene = random_scene(np.random.default_rng(seed), people=3, spread=spread)
+        return np.sort([pose[:, 0].mean() for pose in scene.poses])
+
+    usual, crowded = centres(1.0), centres(0.5)
+    assert np.diff(usual).min() > 10  # people stand apart...
+    np.testing.assert_allclose(np.diff(crowded), np.diff(usual) / 2, atol=2.0)  # ...and closer when crowded
+    assert abs(crowded.mean() - 32) < 4  # around the centre of the 64 px canvas
+
+
 def test_scene_becomes_an_engine_scene_with_a_prompt_per_person():
     toy = random_scene(np.random.default_rng(0), people=3)
     scene = to_scene(toy)

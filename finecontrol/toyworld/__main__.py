@@ -1,4 +1,4 @@
-"""python -m finecontrol.toyworld train --out DIR | evaluate --out DIR [--model toy] [--scenes K] [--people 2,3,4] [--seed S]"""
+"""python -m finecontrol.toyworld train --out DIR | evaluate --out DIR [--model toy] [--scenes K] [--people 2,3,4] [--seed S] [--methods M,...] [--spread F]"""
 
 import argparse
 import time
@@ -19,6 +19,8 @@ evaluate.add_argument("--model", default="toy")
 evaluate.add_argument("--scenes", type=int, default=64, help="held-out scenes per number of people")
 evaluate.add_argument("--people", default="2,3,4")
 evaluate.add_argument("--seed", type=int, default=1234)
+evaluate.add_argument("--methods", default="finecontrol,controlnet,multicontrolnet", help="comma-separated")
+evaluate.add_argument("--spread", type=float, default=1.0, help="distance between people, 0.5: crowded scenes")
 args = parser.parse_args()
 
 if args.command == "train":
@@ -33,9 +35,13 @@ else:
     from finecontrol.toyworld.evaluate import evaluate as run, print_table, write_report
 
     people = [int(n) for n in args.people.split(",")]
-    bar = tqdm(total=len(people) * len(METHODS) * args.scenes, unit="image")
+    methods = [m.strip() for m in args.methods.split(",")]
+    if any(m not in METHODS for m in methods):
+        parser.error(f"--methods takes a comma-separated list of {', '.join(METHODS)}")
+    bar = tqdm(total=len(people) * len(methods) * args.scenes, unit="image")
     start = time.time()
-    results = run(load_model(args.model, device="cpu"), people, args.scenes, args.seed, progress=lambda: bar.update(1))
+    results = run(load_model(args.model, device="cpu"), people, args.scenes, args.seed, methods=methods,
+                  progress=lambda: bar.update(1), spread=args.spread)
     bar.close()
     write_report(results, args.out)
     print_table(results)

@@ -54,17 +54,25 @@ def random_pose(rng: np.random.Generator, height: float, center_x: float, feet_y
     return rotate(pose, rng.normal(0, 6))
 
 
-def random_scene(rng: np.random.Generator, people: int | None = None, setting: str | None = None) -> ToyScene:
-    """1-4 people with distinct colours, spread across the width, on a random setting."""
+def random_scene(
+    rng: np.random.Generator, people: int | None = None, setting: str | None = None, spread: float = 1.0
+) -> ToyScene:
+    """1-4 people with distinct colours, spread across the width, on a random setting.
+
+    `spread` < 1 packs them towards the centre (0.5: half the usual distance between neighbours,
+    so that their masks overlap and their bodies often touch: a crowded scene).
+    """
     n = int(rng.integers(1, 5)) if people is None else people
     setting = setting or list(SETTINGS)[rng.integers(len(SETTINGS))]
     colors = [str(c) for c in rng.choice(list(COLORS), size=n, replace=False)]
     tallest = {1: 52, 2: 46, 3: 40, 4: 36}[n]
     slots = (np.arange(n) + 0.5) / n * SIZE
+    if spread != 1.0:
+        slots = SIZE / 2 + (slots - SIZE / 2) * spread
     poses = []
     for x in rng.permutation(slots):
         height = rng.uniform(tallest - 8, tallest)
-        poses.append(random_pose(rng, height, x + rng.normal(0, SIZE / n * 0.1), rng.uniform(SIZE - 6, SIZE - 1)))
+        poses.append(random_pose(rng, height, x + rng.normal(0, SIZE / n * 0.1 * spread), rng.uniform(SIZE - 6, SIZE - 1)))
     return ToyScene(setting, colors, poses)
 
 

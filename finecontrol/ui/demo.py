@@ -69,7 +69,7 @@ def build_demo(engine: Engine, annotators: str = DEFAULT_ANNOTATORS) -> gr.Block
                                             label="Harmony (fraction of final steps with soft masks)")
                         temperature = gr.Number(value=defaults.temperature, label="Mask temperature")
                     with gr.Row():
-                        dilation = gr.Slider(0, 255, value=0, step=1, label="Mask dilation, px (0: automatic, height / 8)")
+                        dilation = gr.Slider(0, 255, value=0, step=1, label="Mask dilation, px (0: automatic, shorter side / 8)")
                         blur = gr.Slider(0, 8, value=defaults.mask_blur, step=0.5, label="Mask blur sigma, px")
                     with gr.Row():
                         seed = gr.Number(value=defaults.seed, precision=0, label="Seed", elem_id="seed")

@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image
 
 from finecontrol.metadata import read_png, save_png
-from finecontrol.pipeline import MAX_SEED, METHODS, Generation, Settings
+from finecontrol.pipeline import COMPARED_METHODS, MAX_SEED, Generation, Settings
 from finecontrol.pose import visible_limbs
 from finecontrol.render import labelled_grid, mask_overlay, mask_previews, upsample_masks
 from finecontrol.scene import DEFAULT_NEGATIVE_PROMPT, MAX_PEOPLE, Person, Scene, SceneError, load_scene, scene_from_dict
@@ -83,7 +83,7 @@ def parse_settings(*knobs: Any) -> Settings:
     values = {}
     for name, value in zip(KNOB_FIELDS, knobs):
         if name == "mask_dilation" and value in (None, "", 0):
-            value = None  # automatic: image height // 8, made odd
+            value = None  # automatic: the image's shorter side // 8, made odd
         elif name in _INTEGER_FIELDS:
             if isinstance(value, float) and math.isfinite(value) and value == int(value):
                 value = int(value)
@@ -194,14 +194,14 @@ def compare(engine: Engine, value: Any, setting: str, negative: str, extra_seeds
     rows = []
     for seed in seeds:
         row = []
-        for method in METHODS:
+        for method in COMPARED_METHODS:
             (result,) = _run_with_previews(engine, scene, replace(settings, method=method, seed=seed), progress,
                                            label=f"{method}, seed {seed}: ", previews=False)
             row.append(result.image)
         rows.append(row)
-    grid = labelled_grid(rows, list(METHODS), [f"seed {s}" for s in seeds])
+    grid = labelled_grid(rows, list(COMPARED_METHODS), [f"seed {s}" for s in seeds])
     path = _output_path(f"finecontrol-compare-{settings.seed}", ".png")
-    save_png(grid, path, scene, settings, model=engine.name, methods=",".join(METHODS),
+    save_png(grid, path, scene, settings, model=engine.name, methods=",".join(COMPARED_METHODS),
              seeds=",".join(map(str, seeds)))
     return str(path)
 
