@@ -1,13 +1,22 @@
 // FineControl pose editor: the body of gr.HTML's js_on_load (given: element, trigger, props, watch).
 // The component's value is the scene (OpenPose JSON plus prompts). Every edit commits a new object
 // with `props.value = ...`; values pushed from Python arrive through watch('value').
-const LIMBS = [[1, 2], [1, 5], [2, 3], [3, 4], [5, 6], [6, 7], [1, 8], [8, 9], [9, 10], [1, 11],
-  [11, 12], [12, 13], [1, 0], [0, 14], [14, 16], [0, 15], [15, 17]];
-const LEFT_RIGHT = [[2, 5], [3, 6], [4, 7], [8, 11], [9, 12], [10, 13], [14, 15], [16, 17]];
-const COLORS = props.colors;
+// The BODY-18 and scene constants come from Python (finecontrol/ui/editor.py, editor_props).
+'use strict';
+
+const NUM_KEYPOINTS = props.num_keypoints;
+const LIMBS = props.limbs;
+const LEFT_RIGHT_PAIRS = props.left_right_pairs;
 const TEMPLATES = props.templates;
-const MAX_PEOPLE = props.max_people;
+const COLORS = props.colors;
+const DEFAULT_CANVAS = props.default_canvas;  // a scene's size when it has none; stroke widths are for it
 const SIZES = props.sizes;
+const MAX_PEOPLE = props.max_people;
+const MAX_CONTROL_STRENGTH = props.max_control_strength;
+const ROTATE_STEP = props.rotate_step;  // degrees per click of Rotate left / Rotate right
+const SCALE_STEP = 1.1;  // per click of Bigger / Smaller
+const WHEEL_SCALE_STEP = 1.05;
+const WHEEL_ROTATE_STEP = 5;  // degrees
 
 const canvas = element.querySelector('.fc-canvas');
 const ctx = canvas.getContext('2d');
@@ -28,8 +37,8 @@ const redoStack = [];
 
 function normalise(value) {
   const v = (value && typeof value === 'object') ? clone(value) : {};
-  v.canvas_width = v.canvas_width || 512;
-  v.canvas_height = v.canvas_height || 512;
+  v.canvas_width = v.canvas_width || DEFAULT_CANVAS;
+  v.canvas_height = v.canvas_height || DEFAULT_CANVAS;
   v.people = Array.isArray(v.people) ? v.people : [];
   return v;
 }
@@ -37,7 +46,7 @@ function normalise(value) {
 // ---- scene edits (pure on a copy of `scene`) -------------------------------------------------
 const points = (person) => {
   const k = person.pose_keypoints_2d;
-  return Array.from({ length: 18 }, (_, j) => [k[3 * j], k[3 * j + 1], k[3 * j + 2]]);
+  return Array.from({ length: NUM_KEYPOINTS }, (_, j) => [k[3 * j], k[3 * j + 1], k[3 * j + 2]]);
 };
 const setPoints = (person, pts) => { person.pose_keypoints_2d = pts.flat(); };
 
@@ -93,13 +102,13 @@ const actions = {
   mirror() { editSelected((p) => {
     const [cx] = centre(p);
     const pts = points(p).map(([x, y, c]) => [2 * cx - x, y, c]);
-    for (const [r, l] of LEFT_RIGHT) [pts[r], pts[l]] = [pts[l], pts[r]];
+    for (const [r, l] of LEFT_RIGHT_PAIRS) [pts[r], pts[l]] = [pts[l], pts[r]];
     setPoints(p, pts);
   }); },
-  bigger() { editSelected((p) => transform(p, (x, y) => [x * 1.1, y * 1.1])); },
-  smaller() { editSelected((p) => transform(p, (x, y) => [x / 1.1, y / 1.1])); },
-  rotate_left() { rotateSelected(-15); },
-  rotate_right() { rotateSelected(15); },
+  bigger() { editSelected((p) => transform(p, (x, y) => [x * SCALE_STEP, y * SCALE_STEP])); },
+  smaller() { editSelected((p) => transform(p, (x, y) => [x / SCALE_STEP, y / SCALE_STEP])); },
+  rotate_left() { rotateSelected(-ROTATE_STEP); },
+  rotate_right() { rotateSelected(ROTATE_STEP); },
   undo() { undo(); },
   redo() { redo(); },
   clear_background() { background = null; draw(); },
@@ -184,7 +193,7 @@ function draw() {
 function drawPerson(person, index) {
   const pts = points(person);
   const color = COLORS[index % COLORS.length];
-  const unit = canvas.width / 512;
+  const unit = canvas.width / DEFAULT_CANVAS;
   ctx.lineCap = 'round';
   for (const [a, b] of LIMBS) {
     if (pts[a][2] <= 0 || pts[b][2] <= 0) continue;
@@ -231,8 +240,8 @@ function buildCards() {
       <details><summary>negative prompt, control strength</summary>
         <input class="fc-negative" type="text" aria-label="Person ${i + 1} negative prompt"
           placeholder="negative prompt (empty: the global one)">
-        <label>control strength <input class="fc-strength" type="number" min="0" max="5" step="0.1"
-          aria-label="Person ${i + 1} control strength" placeholder="global"></label>
+        <label>control strength <input class="fc-strength" type="number" min="0"
+          max="${MAX_CONTROL_STRENGTH}" step="0.1" aria-label="Person ${i + 1} control strength" placeholder="global"></label>
       </details>`;
     card.querySelector('.fc-badge').style.background = color;
     card.addEventListener('pointerdown', () => { if (selected !== i) { selected = i; draw(); refreshStatus(); } });
@@ -305,7 +314,9 @@ function order() {  // the selected person first, then the top-most drawn
 function hitJoint(x, y) {
   for (const i of order()) {
     const pts = points(scene.people[i]);
-    for (let j = 0; j < 18; j++) if (Math.hypot(pts[j][0] - x, pts[j][1] - y) <= tolerance()) return [i, j];
+    for (let j = 0; j < NUM_KEYPOINTS; j++) {
+      if (Math.hypot(pts[j][0] - x, pts[j][1] - y) <= tolerance()) return [i, j];
+    }
   }
   return null;
 }
@@ -379,9 +390,11 @@ canvas.addEventListener('dblclick', (event) => {
 canvas.addEventListener('wheel', (event) => {
   if (selected < 0) return;
   event.preventDefault();
-  if (event.shiftKey) rotateSelected(event.deltaY > 0 ? 5 : -5, `wheel-rotate-${selected}`);
-  else {
-    const f = event.deltaY > 0 ? 1 / 1.05 : 1.05;
+  if (event.shiftKey) {
+    const degrees = event.deltaY > 0 ? WHEEL_ROTATE_STEP : -WHEEL_ROTATE_STEP;
+    rotateSelected(degrees, `wheel-rotate-${selected}`);
+  } else {
+    const f = event.deltaY > 0 ? 1 / WHEEL_SCALE_STEP : WHEEL_SCALE_STEP;
     editSelected((p) => transform(p, (x, y) => [x * f, y * f]), `wheel-scale-${selected}`);
   }
 }, { passive: false });

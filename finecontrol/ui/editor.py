@@ -1,26 +1,32 @@
 """The pose canvas: a gr.HTML component whose value is the scene (OpenPose JSON plus prompts).
 
 All drawing and interaction live in `assets/ui/pose_editor.js`; the HTML template is static so
-that re-renders never wipe the DOM the script builds. Values from the browser are validated by
-the event handlers, never trusted here.
+that re-renders never wipe the DOM the script builds. The script defines no BODY-18 or scene
+constant of its own: it reads them as props (see `editor_props`). Values from the browser are
+validated by the event handlers, never trusted here.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import gradio as gr
 
-from finecontrol.pose import TEMPLATE_XY
+from finecontrol.paths import ASSETS
+from finecontrol.pose import LEFT_RIGHT_PAIRS, LIMBS, NUM_KEYPOINTS, TEMPLATE_XY
 from finecontrol.render import PERSON_COLORS
-from finecontrol.scene import DEFAULT_CANVAS, MAX_PEOPLE
+from finecontrol.scene import DEFAULT_CANVAS, FORMAT_VERSION, MAX_CONTROL_STRENGTH, MAX_PEOPLE
 
-UI_ASSETS = Path(__file__).resolve().parents[2] / "assets" / "ui"
-CANVAS_SIZES = ((512, 512, "512 x 512"), (768, 768, "768 x 768"), (512, 768, "portrait 512 x 768"),
-                (768, 512, "landscape 768 x 512"))
+UI_ASSETS = ASSETS / "ui"
+CANVAS_SIZES = (
+    (512, 512, "512 x 512"),
+    (768, 768, "768 x 768"),
+    (512, 768, "portrait 512 x 768"),
+    (768, 512, "landscape 768 x 512"),
+)
+ROTATE_STEP = 15  # degrees per click of Rotate left / Rotate right
 
-TEMPLATE = """
+TEMPLATE = f"""
 <div class="fc-editor">
   <div class="fc-toolbar">
     <select class="fc-template" aria-label="Pose template"></select>
@@ -31,8 +37,8 @@ TEMPLATE = """
     <button data-action="mirror" title="Mirror the selected person">Mirror</button>
     <button data-action="bigger" title="Scale up (or mouse wheel)">Bigger</button>
     <button data-action="smaller" title="Scale down (or mouse wheel)">Smaller</button>
-    <button data-action="rotate_left" title="Rotate 15 degrees (or Shift + wheel)">Rotate left</button>
-    <button data-action="rotate_right" title="Rotate 15 degrees (or Shift + wheel)">Rotate right</button>
+    <button data-action="rotate_left" title="Rotate {ROTATE_STEP} degrees (or Shift + wheel)">Rotate left</button>
+    <button data-action="rotate_right" title="Rotate {ROTATE_STEP} degrees (or Shift + wheel)">Rotate right</button>
     <span class="fc-sep"></span>
     <button data-action="undo" title="Ctrl+Z">Undo</button>
     <button data-action="redo" title="Ctrl+Shift+Z">Redo</button>
@@ -53,7 +59,24 @@ TEMPLATE = """
 
 
 def empty_scene() -> dict[str, Any]:
-    return {"format": 1, "canvas_width": DEFAULT_CANVAS, "canvas_height": DEFAULT_CANVAS, "people": []}
+    """A blank default-sized canvas."""
+    return {"format": FORMAT_VERSION, "canvas_width": DEFAULT_CANVAS, "canvas_height": DEFAULT_CANVAS, "people": []}
+
+
+def editor_props() -> dict[str, Any]:
+    """The constants the editor's script reads as `props.<name>`, all from their Python source."""
+    return {
+        "num_keypoints": NUM_KEYPOINTS,
+        "limbs": [list(limb) for limb in LIMBS],
+        "left_right_pairs": [list(pair) for pair in LEFT_RIGHT_PAIRS],
+        "templates": {name: [list(p) for p in xy] for name, xy in TEMPLATE_XY.items()},
+        "colors": ["#{:02x}{:02x}{:02x}".format(*c) for c in PERSON_COLORS],
+        "default_canvas": DEFAULT_CANVAS,
+        "sizes": [list(s) for s in CANVAS_SIZES],
+        "max_people": MAX_PEOPLE,
+        "max_control_strength": MAX_CONTROL_STRENGTH,
+        "rotate_step": ROTATE_STEP,
+    }
 
 
 class PoseEditor(gr.HTML):
@@ -66,10 +89,7 @@ class PoseEditor(gr.HTML):
             css_template=(UI_ASSETS / "pose_editor.css").read_text(encoding="utf-8"),
             js_on_load=(UI_ASSETS / "pose_editor.js").read_text(encoding="utf-8"),
             apply_default_css=False,
-            colors=["#%02x%02x%02x" % c for c in PERSON_COLORS],
-            templates={name: [list(p) for p in xy] for name, xy in TEMPLATE_XY.items()},
-            max_people=MAX_PEOPLE,
-            sizes=[list(s) for s in CANVAS_SIZES],
+            **editor_props(),
             **kwargs,
         )
 
