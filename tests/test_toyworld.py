@@ -2,6 +2,7 @@
 
 import json
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -94,23 +95,27 @@ def test_body_masks_leave_out_pixels_people_share():
 def test_palette_colours_are_well_separated_from_each_other_and_the_backgrounds():
     colours = list(COLORS.values())
     for i, c in enumerate(colours):
-        for other in colours[i + 1:] + list(BACKGROUNDS.values()):
+        for other in colours[i + 1 :] + list(BACKGROUNDS.values()):
             assert np.linalg.norm(np.subtract(c, other)) > 80, (c, other)
 
 
 def test_the_longest_caption_fits_the_text_encoder_whole(tmp_path):
     """Four people "on a beach": every word, the setting included, reaches the model."""
     from finecontrol.tokenizer import write_tokenizer
-    from finecontrol.toyworld.train import MAX_TOKENS, _tokens, build_models
+    from finecontrol.toyworld.train import TrainConfig, _tokens, build_models
 
+    max_tokens = TrainConfig().max_tokens
     write_tokenizer(VOCABULARY, tmp_path / "tokenizer")
-    tokenizer = build_models(tmp_path / "tokenizer")[0]
+    tokenizer = build_models(tmp_path / "tokenizer", max_tokens)[0]
     toy = random_scene(np.random.default_rng(0), people=4, setting="beach")
     ids = _tokens(tokenizer, [toy.caption()])[0].tolist()
     words = toy.caption().split()
-    assert ids[:len(words) + 2] == [tokenizer.bos_token_id, *tokenizer.convert_tokens_to_ids(
-        [w + "</w>" for w in words]), tokenizer.eos_token_id]
-    assert len(ids) == MAX_TOKENS
+    assert ids[: len(words) + 2] == [
+        tokenizer.bos_token_id,
+        *tokenizer.convert_tokens_to_ids([w + "</w>" for w in words]),
+        tokenizer.eos_token_id,
+    ]
+    assert len(ids) == max_tokens
     with pytest.raises(ValueError):
         _tokens(tokenizer, [" and ".join([toy.caption()] * 2)])
 
@@ -124,7 +129,16 @@ def test_toy_name_without_weights_says_how_to_train_them(monkeypatch, tmp_path):
         models.load_model("toy", device="cpu")
 
 
-MICRO_TRAINING = {"vae_steps": 2, "unet_steps": 2, "controlnet_steps": 2, "pool_size": 64}
+# Held-out loss at both steps of every stage, a checkpoint after every step.
+MICRO_TRAINING = {
+    "vae_steps": 2,
+    "unet_steps": 2,
+    "controlnet_steps": 2,
+    "pool_size": 64,
+    "heldout_size": 8,
+    "heldout_interval": 1,
+    "checkpoint_interval": 1,
+}
 
 
 @pytest.fixture(scope="module")
@@ -137,16 +151,111 @@ def micro_trained(tmp_path_factory):
     return folder
 
 
+def assert_same_weights(folder, other):
+    weights = sorted(p.relative_to(folder) for p in folder.rglob("*.safetensors"))
+    assert len(weights) == 4
+    for path in weights:
+        assert (folder / path).read_bytes() == (other / path).read_bytes(), path
+
+
+@pytest.mark.slow
 def test_training_is_reproducible_bit_for_bit(micro_trained, tmp_path):
     from finecontrol.toyworld.train import train
 
     train(tmp_path / "again", **MICRO_TRAINING)
-    weights = sorted(p.relative_to(micro_trained) for p in micro_trained.rglob("*.safetensors"))
-    assert len(weights) == 4
-    for path in weights:
-        assert (micro_trained / path).read_bytes() == (tmp_path / "again" / path).read_bytes(), path
+    assert_same_weights(micro_trained, tmp_path / "again")
 
 
+@pytest.mark.slow
+def test_a_resumed_run_gives_the_weights_of_an_uninterrupted_one(micro_trained, tmp_path, monkeypatch):
+    """Stopped inside the UNet stage, resumed, stopped inside the ControlNet stage, resumed."""
+    import finecontrol.toyworld.train as training
+
+    class Stop(Exception):
+        pass
+
+    stops, save = [("unet", 1), ("controlnet", 1)], training.save_checkpoint
+
+    def save_and_stop(run, stage, step, optimizer, schedule):
+        save(run, stage, step, optimizer, schedule)
+        if stops and stops[0] == (stage, step):
+            stops.pop(0)
+            raise Stop
+
+    monkeypatch.setattr(training, "save_checkpoint", save_and_stop)
+    folder = tmp_path / "resumed"
+    with pytest.raises(Stop):
+        training.train(folder, **MICRO_TRAINING)
+    with pytest.raises(ValueError, match="settings of its checkpoint"):
+        training.train(folder, resume=True, unet_steps=3)
+    with pytest.raises(Stop):
+        training.train(folder, resume=True)
+    training.train(folder, resume=True, **MICRO_TRAINING)
+    assert not stops
+    assert_same_weights(micro_trained, folder)
+    log = json.loads((folder / "training_log.json").read_text())
+    assert log == json.loads((micro_trained / "training_log.json").read_text())
+    record = json.loads((folder / "training_config.json").read_text())
+    assert record["resumed"] == [{"stage": "unet", "step": 1}, {"stage": "controlnet", "step": 1}]
+    assert record["steps"] == {"vae": 2, "unet": 2, "controlnet": 2}
+    assert not (folder / "checkpoint").exists()  # removed once the model is written
+
+
+@pytest.mark.slow
+def test_the_run_records_its_settings_seed_steps_and_library_versions(micro_trained):
+    import platform
+    from dataclasses import asdict
+
+    import diffusers
+    import torch
+    import transformers
+
+    from finecontrol.toyworld.train import TrainConfig
+
+    record = json.loads((micro_trained / "training_config.json").read_text())
+    assert record == {
+        "config": asdict(TrainConfig(**MICRO_TRAINING)),
+        "seed": 0,
+        "steps": {"vae": 2, "unet": 2, "controlnet": 2},
+        "resumed": [],
+        "versions": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "diffusers": diffusers.__version__,
+            "transformers": transformers.__version__,
+            "numpy": np.__version__,
+        },
+    }
+    assert record["config"]["pool_size"] == 64 and record["config"]["batch_size"] == 32
+    info = json.loads((micro_trained / "finecontrol.json").read_text())
+    app_reads = {"resolution", "stick_width", "joint_radius", "vocabulary", "defaults", "negative_prompt"}
+    assert set(info) == app_reads | {"training_minutes"}  # the new records go elsewhere
+    assert not (micro_trained / "checkpoint").exists()
+
+
+@pytest.mark.slow
+def test_the_heldout_loss_is_logged_beside_the_training_loss_in_every_stage(micro_trained):
+    log = json.loads((micro_trained / "training_log.json").read_text())
+    assert [(e["stage"], e["step"]) for e in log] == [
+        (stage, step) for stage in ("vae", "unet", "controlnet") for step in (0, 1)
+    ]
+    for entry in log:
+        assert set(entry) == {"stage", "step", "loss", "heldout_loss"}
+        assert 0 < entry["heldout_loss"] < 10 and entry["heldout_loss"] != entry["loss"]
+
+
+@pytest.mark.slow
+def test_the_heldout_loss_leaves_the_training_draws_alone(micro_trained, tmp_path):
+    """Same weights whether the held-out loss is measured at every step on 8 scenes or never on 4."""
+    from finecontrol.toyworld.train import train
+
+    train(tmp_path / "no_heldout", **{**MICRO_TRAINING, "heldout_size": 4, "heldout_interval": 0})
+    assert_same_weights(micro_trained, tmp_path / "no_heldout")
+    log = json.loads((tmp_path / "no_heldout" / "training_log.json").read_text())
+    assert [e["step"] for e in log] == [0, 0, 0] and all("heldout_loss" not in e for e in log)
+
+
+@pytest.mark.slow
 def test_a_freshly_trained_model_runs_in_the_engine_and_the_app(micro_trained, tmp_path, monkeypatch):
     """A few training steps of every stage, then the whole path: folder -> engine -> app."""
     import finecontrol.models as models
@@ -158,7 +267,8 @@ def test_a_freshly_trained_model_runs_in_the_engine_and_the_app(micro_trained, t
     pipe = models.load_model("toy", device="cpu")
     assert pipe.resolution == 64 and pipe.skeleton_style == (1, 2)
     defaults = pipe.default_settings()
-    assert (defaults.quality_suffix, defaults.guidance_scale, defaults.harmony) == ("", 3.0, 0.0)
+    declared = json.loads((micro_trained / "finecontrol.json").read_text())
+    assert declared["defaults"] and all(getattr(defaults, k) == v for k, v in declared["defaults"].items())
 
     from finecontrol.scene import load_scene
 
@@ -167,11 +277,17 @@ def test_a_freshly_trained_model_runs_in_the_engine_and_the_app(micro_trained, t
     assert result.image.size == (64, 64) and result.prompts.people[0] == "a orange person in snow"
     engine = Engine(name="toy", pipe=pipe)
     assert engine.knows_words and "cyan" in engine.describe() and "random weights" not in engine.describe()
-    build_demo(engine)  # the app builds with the toy presets and defaults
+    # the app opens with the model's own defaults, negative prompt and the toy presets
+    shown = {c["props"].get("label"): c["props"] for c in build_demo(engine).config["components"] if "props" in c}
+    assert shown["Guidance scale"]["value"] == defaults.guidance_scale
+    assert shown["Quality suffix"]["value"] == defaults.quality_suffix
+    assert shown["Negative prompt, for everyone"]["value"] == declared["negative_prompt"]
+    presets = sorted(p.stem for p in Path("assets/scenes/toy").glob("*.json"))
+    assert shown["Preset scenes"]["samples"] == [[name] for name in presets]
 
-    from finecontrol.toyworld.evaluate import EVAL_SETTINGS, evaluate, write_report
+    from finecontrol.toyworld.evaluate import evaluate, write_report
 
-    results = evaluate(pipe, people=[2, 3], scenes=2, settings=replace(EVAL_SETTINGS, steps=2))
+    results = evaluate(pipe, people=[2, 3], scenes=2, settings=replace(defaults, steps=2))
     assert set(results) == {"finecontrol", "controlnet", "multicontrolnet"}
     for by_n in results.values():
         assert set(by_n) == {"2", "3"}

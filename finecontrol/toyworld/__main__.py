@@ -1,18 +1,26 @@
-"""python -m finecontrol.toyworld train --out DIR | evaluate --out DIR [--model toy] [--scenes K] [--people 2,3,4] [--seed S] [--methods M,...] [--spread F]"""
+"""python -m finecontrol.toyworld train --out DIR [--resume] | evaluate --out DIR [--model toy] [--scenes K]
+[--people 2,3,4] [--seed S] [--methods M,...] [--spread F]"""
 
 import argparse
 import time
+from dataclasses import fields
 from pathlib import Path
+
+from finecontrol.toyworld.train import TrainConfig
 
 parser = argparse.ArgumentParser(prog="python -m finecontrol.toyworld", description=__doc__)
 commands = parser.add_subparsers(dest="command", required=True)
 train = commands.add_parser("train", help="train the toy model from scratch (CPU)")
 train.add_argument("--out", type=Path, required=True)
-train.add_argument("--vae-steps", type=int, default=300)
-train.add_argument("--unet-steps", type=int, default=4500)
-train.add_argument("--controlnet-steps", type=int, default=2000)
-train.add_argument("--pool", type=int, default=32768, help="scenes rendered once and reused")
-train.add_argument("--seed", type=int, default=0)
+train.add_argument("--resume", action="store_true", help="continue the interrupted run saved in the checkpoint folder")
+train.add_argument("--checkpoint", type=Path, help="checkpoint folder (default: OUT/checkpoint)")
+for setting in fields(TrainConfig):  # one flag per setting, only passed on when given
+    train.add_argument(
+        "--" + setting.name.replace("_", "-"),
+        type=type(setting.default),
+        default=argparse.SUPPRESS,
+        help=f"{setting.metadata['help']} (default {setting.default})",
+    )
 evaluate = commands.add_parser("evaluate", help="identity, pose and setting scores of every method")
 evaluate.add_argument("--out", type=Path, required=True)
 evaluate.add_argument("--model", default="toy")
@@ -26,13 +34,15 @@ args = parser.parse_args()
 if args.command == "train":
     from finecontrol.toyworld.train import train as run
 
-    run(args.out, args.vae_steps, args.unet_steps, args.controlnet_steps, args.pool, args.seed)
+    settings = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)}
+    run(args.out, resume=args.resume, checkpoint=args.checkpoint, **settings)
 else:
     from tqdm import tqdm
 
     from finecontrol.models import load_model
-    from finecontrol.pipeline import METHODS
-    from finecontrol.toyworld.evaluate import evaluate as run, print_table, write_report
+    from finecontrol.settings import METHODS
+    from finecontrol.toyworld.evaluate import evaluate as run
+    from finecontrol.toyworld.evaluate import print_table, write_report
 
     people = [int(n) for n in args.people.split(",")]
     methods = [m.strip() for m in args.methods.split(",")]
@@ -40,8 +50,15 @@ else:
         parser.error(f"--methods takes a comma-separated list of {', '.join(METHODS)}")
     bar = tqdm(total=len(people) * len(methods) * args.scenes, unit="image")
     start = time.time()
-    results = run(load_model(args.model, device="cpu"), people, args.scenes, args.seed, methods=methods,
-                  progress=lambda: bar.update(1), spread=args.spread)
+    results = run(
+        load_model(args.model, device="cpu"),
+        people,
+        args.scenes,
+        args.seed,
+        methods=methods,
+        progress=lambda: bar.update(1),
+        spread=args.spread,
+    )
     bar.close()
     write_report(results, args.out)
     print_table(results)
