@@ -8,21 +8,26 @@ present, else the shipped `toy` model (the random `tiny` one if the toy weights 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 
 import torch
 
 from finecontrol.models import DEFAULT_ANNOTATORS, offline_default
-from finecontrol.pipeline import Generation, Settings, StepCallback
+from finecontrol.pipeline import Generation, StepCallback
 from finecontrol.scene import Scene
+from finecontrol.settings import Settings
 from finecontrol.ui.demo import CSS, build_demo
 from finecontrol.ui.engine import Engine
+
+log = logging.getLogger("finecontrol.app")
 
 try:  # Hugging Face Spaces: ZeroGPU lends a GPU for the decorated call only; elsewhere a no-op
     import spaces
 
     gpu = spaces.GPU(duration=120)
 except ImportError:
+
     def gpu(fn):
         return fn
 
@@ -33,23 +38,32 @@ def default_model() -> str:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="FineControl Studio")
-    parser.add_argument("--model", default=default_model(),
-                        help="toy, tiny, sd15, a hub id or a local folder (default: $FINECONTROL_MODEL, "
-                             "else sd15 with CUDA, else toy)")
-    parser.add_argument("--controlnet", default=os.environ.get("FINECONTROL_CONTROLNET"),
-                        help="OpenPose ControlNet hub id or folder")
-    parser.add_argument("--annotators", default=os.environ.get("FINECONTROL_ANNOTATORS", DEFAULT_ANNOTATORS),
-                        help="OpenPose detector weights for pose-from-photo (hub id or folder)")
+    parser.add_argument(
+        "--model",
+        default=default_model(),
+        help="toy, tiny, sd15, a hub id or a local folder (default: $FINECONTROL_MODEL, else sd15 with CUDA, else toy)",
+    )
+    parser.add_argument(
+        "--controlnet", default=os.environ.get("FINECONTROL_CONTROLNET"), help="OpenPose ControlNet hub id or folder"
+    )
+    parser.add_argument(
+        "--annotators",
+        default=os.environ.get("FINECONTROL_ANNOTATORS", DEFAULT_ANNOTATORS),
+        help="OpenPose detector weights for pose-from-photo (hub id or folder)",
+    )
     parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
     parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
     return parser.parse_args(argv)
 
 
 def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = parse_args()
     engine = Engine.load(args.model, args.controlnet)
     if engine.error:
-        print(f"warning: {engine.error}")
+        log.warning("model %s could not be loaded; the app starts and says why: %s", args.model, engine.error)
+    else:
+        log.info("model %s loaded on %s (%s)", args.model, engine.pipe.device, engine.pipe.dtype)
 
     @gpu
     def run(scene: Scene, settings: Settings, on_step: StepCallback | None) -> Generation:

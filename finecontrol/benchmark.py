@@ -16,17 +16,19 @@ import urllib.request
 from dataclasses import replace
 
 from finecontrol.models import load_model
-from finecontrol.pipeline import METHODS, Settings
 from finecontrol.pose import TEMPLATE_NAMES, template_pose
 from finecontrol.scene import Person, Scene
+from finecontrol.settings import METHODS, Settings
 
 
 def crowd(n: int, width: int = 768, height: int = 512) -> Scene:
     """N people spread evenly across the canvas."""
     step = width / (n + 1)
     people = [
-        Person(template_pose(TEMPLATE_NAMES[i % len(TEMPLATE_NAMES)], step * (i + 1), height - 16, height * 0.8),
-               prompt=f"person {i + 1}")
+        Person(
+            template_pose(TEMPLATE_NAMES[i % len(TEMPLATE_NAMES)], step * (i + 1), height - 16, height * 0.8),
+            prompt=f"person {i + 1}",
+        )
         for i in range(n)
     ]
     return Scene(width=width, height=height, people=people, setting="in a park")
@@ -57,8 +59,10 @@ def main() -> None:
             pipe(scene, replace(settings, seed=seed))
             times.append(time.perf_counter() - start)
         width, height = pipe.generation_size(scene, settings)
-        print(f"N={n}: {statistics.median(times):.2f} s/image median, {min(times):.2f} best "
-              f"({width}x{height}, {args.repeats} runs)")
+        print(
+            f"N={n}: {statistics.median(times):.2f} s/image median, {min(times):.2f} best "
+            f"({width}x{height}, {args.repeats} runs)"
+        )
 
 
 def benchmark_app(args: argparse.Namespace, port: int = 7899) -> None:
@@ -68,8 +72,12 @@ def benchmark_app(args: argparse.Namespace, port: int = 7899) -> None:
     from finecontrol.ui.handlers import knob_values
 
     start = time.perf_counter()
-    app = subprocess.Popen([sys.executable, "app.py", "--model", args.model, "--port", str(port)],
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ})
+    app = subprocess.Popen(
+        [sys.executable, "app.py", "--model", args.model, "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ},
+    )
     url = f"http://127.0.0.1:{port}/"
     try:
         while True:

@@ -17,25 +17,23 @@ from pathlib import Path
 
 from PIL import Image
 
-from finecontrol.pipeline import COMPARED_METHODS, METHODS, SCHEDULERS, Settings, random_seed
+from finecontrol.model_info import ModelInfo
+from finecontrol.models import TOY_MODEL, ModelNotAvailableError
 from finecontrol.render import labelled_grid, mask_previews
 from finecontrol.scene import Scene, SceneError, load_scene
+from finecontrol.settings import COMPARED_METHODS, METHODS, Settings, knobs, random_seed
 
-# Command-line flag -> Settings field.
-_KNOBS = {
-    "method": "method", "seed": "seed", "steps": "steps", "guidance": "guidance_scale",
-    "strength": "control_strength", "harmony": "harmony", "temperature": "temperature",
-    "dilation": "mask_dilation", "blur": "mask_blur", "scheduler": "scheduler",
-    "suffix": "quality_suffix", "width": "width", "height": "height",
-}
 _DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+# Errors in what the user gave (a scene, a setting, a model that is not here): one `error:` line.
+# Anything else is a bug and keeps its traceback.
+_USER_ERRORS = (SceneError, ValueError, ModelNotAvailableError)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return args.run(args)
-    except (SceneError, ValueError, OSError, RuntimeError) as err:
+    except _USER_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
 
@@ -46,23 +44,23 @@ def _parser() -> argparse.ArgumentParser:
 
     generate = commands.add_parser("generate", help="generate one image")
     _common(generate)
-    generate.add_argument("--method", choices=METHODS)
-    generate.add_argument("--seed", type=int, help="noise seed (default: the PNG's, else random)")
+    _settings_flags(generate, ["method", "seed"])
     generate.set_defaults(run=_generate)
 
     compare = commands.add_parser("compare", help="methods side by side over seeds, as a labelled grid")
     _common(compare)
-    compare.add_argument("--methods", default=",".join(COMPARED_METHODS),
-                         help=f"comma-separated, of {', '.join(METHODS)} (default: {','.join(COMPARED_METHODS)})")
+    compare.add_argument(
+        "--methods",
+        default=",".join(COMPARED_METHODS),
+        help=f"comma-separated, of {', '.join(METHODS)} (default: {','.join(COMPARED_METHODS)})",
+    )
     compare.add_argument("--seeds", default="0", help="comma-separated seeds, one grid row each")
     compare.set_defaults(run=_compare)
 
     masks = commands.add_parser("masks", help="skeletons over each person's mask, early and late steps")
     masks.add_argument("scene", type=Path)
     masks.add_argument("--out", type=Path, required=True)
-    masks.add_argument("--dilation", type=int)
-    masks.add_argument("--blur", type=float)
-    masks.add_argument("--temperature", type=float)
+    _settings_flags(masks, ["mask_dilation", "mask_blur", "temperature"])
     masks.set_defaults(run=_masks)
     return parser
 
@@ -71,20 +69,38 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("scene", type=Path, help="scene JSON, OpenPose JSON or a FineControl PNG")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--model", help="toy, tiny, sd15, a hub id or a local folder (default: toy, else tiny)")
-    parser.add_argument("--controlnet", help="OpenPose ControlNet hub id or folder (default: lllyasviel/control_v11p_sd15_openpose)")
+    parser.add_argument(
+        "--controlnet", help="OpenPose ControlNet hub id or folder (default: lllyasviel/control_v11p_sd15_openpose)"
+    )
     parser.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
-    parser.add_argument("--dtype", choices=sorted(_DTYPES), help="weights and compute (default: float16 on CUDA, float32 on CPU)")
-    parser.add_argument("--steps", type=int)
-    parser.add_argument("--guidance", type=float, help="classifier-free guidance scale (SD1.5: 9.0, toy: 3.0)")
-    parser.add_argument("--strength", type=float, help="ControlNet strength for people without their own (SD1.5: 1.5, toy: 1.0)")
-    parser.add_argument("--harmony", type=float, help="fraction of final steps that blend masks softly (SD1.5: 0.5, toy: 0)")
-    parser.add_argument("--temperature", type=float, help="mask softmax temperature (0.001)")
-    parser.add_argument("--dilation", type=int, help="mask dilation kernel in pixels (shorter side // 8, odd)")
-    parser.add_argument("--blur", type=float, help="mask blur sigma in pixels (1.0)")
-    parser.add_argument("--scheduler", choices=SCHEDULERS)
-    parser.add_argument("--suffix", help='quality suffix appended to prompts (SD1.5: "best quality", toy: none)')
-    parser.add_argument("--width", type=int)
-    parser.add_argument("--height", type=int)
+    parser.add_argument(
+        "--dtype", choices=sorted(_DTYPES), help="weights and compute (default: float16 on CUDA, float32 on CPU)"
+    )
+    _settings_flags(parser, [name for name, knob in knobs().items() if knob.flag and name not in ("method", "seed")])
+
+
+def _settings_flags(parser: argparse.ArgumentParser, names: list[str]) -> None:
+    """One flag per Settings field, its help and defaults (the paper's; the toy model's where it
+    has its own) from the field's Knob."""
+    toy = ModelInfo.read(TOY_MODEL).defaults if TOY_MODEL.is_dir() else {}
+    paper = Settings()
+    for name in names:
+        knob = knobs()[name]
+        default = "the PNG's, else random" if name == "seed" else _shown(getattr(paper, name))
+        if name in toy:
+            default += f"; toy: {_shown(toy[name])}"
+        parser.add_argument(
+            f"--{knob.flag}",
+            dest=name,
+            type={"int": int, "number": float}.get(knob.kind, str),
+            choices=knob.choices or None,
+            metavar=None if knob.choices else knob.flag.upper(),
+            help=f"{knob.help} (default: {default})",
+        )
+
+
+def _shown(value) -> str:
+    return "automatic" if value is None else repr(value) if isinstance(value, str) else str(value)
 
 
 def _read_input(path: Path) -> tuple[Scene, Settings | None]:
@@ -97,11 +113,7 @@ def _read_input(path: Path) -> tuple[Scene, Settings | None]:
 
 def _settings(args: argparse.Namespace, stored: Settings | None, defaults: Settings) -> Settings:
     """The stored settings (from a PNG) or the model's defaults, with the command line's flags."""
-    changes = {
-        field: getattr(args, flag)
-        for flag, field in _KNOBS.items()
-        if getattr(args, flag, None) is not None
-    }
+    changes = {name: getattr(args, name) for name in knobs() if getattr(args, name, None) is not None}
     if stored is None and "seed" not in changes:
         changes["seed"] = random_seed()
     return replace(stored or defaults, **changes)
@@ -136,6 +148,7 @@ def _generate(args: argparse.Namespace) -> int:
     from finecontrol.metadata import save_png
 
     scene, stored = _read_input(args.scene)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     pipe = _load(args)
     settings = _settings(args, stored, pipe.default_settings())
     progress = _Progress(len(pipe.timestep_scheduler(settings).timesteps))
@@ -156,8 +169,9 @@ def _compare(args: argparse.Namespace) -> int:
         raise ValueError(f"--methods takes a comma-separated list of {', '.join(METHODS)}; got {args.methods!r}")
     try:
         seeds = [int(s) for s in args.seeds.split(",")]
-    except ValueError:
-        raise ValueError(f"--seeds takes comma-separated whole numbers, got {args.seeds!r}") from None
+    except ValueError as err:
+        raise ValueError(f"--seeds takes comma-separated whole numbers, got {args.seeds!r}") from err
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     pipe = _load(args)
     base = _settings(args, stored, pipe.default_settings())
     runs = [[replace(base, method=m, seed=s) for m in methods] for s in seeds]
@@ -176,10 +190,14 @@ def _masks(args: argparse.Namespace) -> int:
         raise SceneError("the scene has no people: add at least one person")
     settings = _settings(args, Settings(), Settings())
     panels = mask_previews(
-        [p.keypoints for p in scene.people], (scene.width, scene.height),
-        settings.mask_dilation, settings.mask_blur, settings.temperature,
+        [p.keypoints for p in scene.people],
+        (scene.width, scene.height),
+        settings.mask_dilation,
+        settings.mask_blur,
+        settings.temperature,
     )
     grid = labelled_grid([[Image.fromarray(p) for p in panels]], ["early steps (hard)", "late steps (soft)"], [""])
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     grid.save(args.out)
     print(f"wrote {args.out}")
     return 0

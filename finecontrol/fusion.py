@@ -51,9 +51,7 @@ class MaskPyramid:
         return self._resized[size]
 
 
-def compose_residuals(
-    down: list[torch.Tensor], masks: MaskPyramid, split: int
-) -> list[torch.Tensor]:
+def compose_residuals(down: list[torch.Tensor], masks: MaskPyramid, split: int) -> list[torch.Tensor]:
     """Replace each person's residual k < split by the mask-weighted sum over people, broadcast
     back to every person; residuals k >= split stay per person."""
     n = masks.masks.shape[0]
@@ -103,7 +101,7 @@ class FeatureComposer:
     def _compose_final(self, module: torch.nn.Module, args: tuple) -> tuple:
         return (masked_sum(args[0], self.masks.masks),)
 
-    def __enter__(self) -> "FeatureComposer":
+    def __enter__(self) -> FeatureComposer:
         self._handles = [layer.register_forward_hook(self._compose_output) for layer in self.layers]
         self._handles.append(self.unet.conv_norm_out.register_forward_pre_hook(self._compose_final))
         return self

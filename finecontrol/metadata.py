@@ -7,8 +7,8 @@ from pathlib import Path
 
 from PIL import Image, PngImagePlugin
 
-from finecontrol.pipeline import Settings
 from finecontrol.scene import Scene, SceneError, scene_from_json
+from finecontrol.settings import Settings
 
 SCENE_KEY = "finecontrol:scene"
 SETTINGS_KEY = "finecontrol:settings"
@@ -30,7 +30,7 @@ def read_png(path: str | Path) -> tuple[Scene, Settings]:
         with Image.open(path) as image:
             text = dict(getattr(image, "text", {}) or {})
     except OSError as err:
-        raise SceneError(f"{path} is not a readable image: {err}") from None
+        raise SceneError(f"{path} is not a readable image: {err}") from err
     if SCENE_KEY not in text:
         raise SceneError(f"{path} carries no FineControl scene (was it saved by FineControl?)")
     scene = scene_from_json(text[SCENE_KEY])

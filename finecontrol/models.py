@@ -6,16 +6,16 @@ UNet, scheduler) plus an OpenPose ControlNet.
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 from pathlib import Path
 
 import torch
 
-from finecontrol.pipeline import MODEL_INFO, FineControlPipeline
+from finecontrol.model_info import MODEL_INFO, ModelInfo
+from finecontrol.paths import ASSETS
+from finecontrol.pipeline import FineControlPipeline
 
-ASSETS = Path(__file__).resolve().parent.parent / "assets"
 TINY_TOKENIZER = ASSETS / "tokenizers" / "tiny"
 TOY_MODEL = ASSETS / "models" / "toyworld"
 DEFAULT_BASE = "stable-diffusion-v1-5/stable-diffusion-v1-5"
@@ -25,14 +25,18 @@ TINY_RESOLUTION = 128  # pixels; 64x64 latents would make each CPU step ~10x slo
 
 # Words the tiny model's tokenizer keeps whole: those of the example scenes and the default
 # prompts. Anything else still tokenizes, letter by letter.
-TINY_WORDS = sorted(set("""
+TINY_WORDS = sorted(
+    set(
+        """
 a an and the in on at of with by best quality lowres bad anatomy hands cropped worst
 person man woman child boy girl people astronaut samurai knight chef dancer robot wizard
 firefighter doctor skater surfer runner monk pirate clown student teacher
 red blue green yellow black white orange purple pink grey brown golden silver
 forest beach street park city snow desert space stage kitchen garden mountain night
 standing walking sitting jumping dancing running waving raised arms suit armor dress coat
-""".split()))
+""".split()
+    )
+)
 
 
 class ModelNotAvailableError(RuntimeError):
@@ -96,9 +100,7 @@ def _load_pretrained(base: str, controlnet: str) -> FineControlPipeline:
         "controlnet": (ControlNetModel, controlnet, None),
     }
     loaded = {key: _from_pretrained(cls, source, subfolder) for key, (cls, source, subfolder) in parts.items()}
-    info_file = Path(base) / MODEL_INFO
-    info = json.loads(info_file.read_text()) if info_file.is_file() else None
-    return FineControlPipeline(**loaded, info=info)
+    return FineControlPipeline(**loaded, info=ModelInfo.read(base) if Path(base).is_dir() else None)
 
 
 def _from_pretrained(cls, source: str, subfolder: str | None):
@@ -153,20 +155,23 @@ def load_pose_detector(source: str = DEFAULT_ANNOTATORS):
     if not Path(source).is_dir():
         try:
             detector = OpenposeDetector.from_pretrained(source, local_files_only=True)
-        except Exception:
+        except Exception as err:
             if _hub_unavailable():
                 raise ModelNotAvailableError(
                     f"the OpenPose detector weights ({source}) are not here and the hub cannot be reached; "
                     f"on a machine with internet run `hf download {source} body_pose_model.pth hand_pose_model.pth "
-                    f"facenet.pth --local-dir annotators`, copy the folder here and start the app with --annotators annotators"
-                ) from None
+                    f"facenet.pth --local-dir annotators`, copy the folder here and start the app with "
+                    f"--annotators annotators"
+                ) from err
             detector = OpenposeDetector.from_pretrained(source)
     else:
         detector = OpenposeDetector.from_pretrained(source)
 
     def detect(image):
-        return [[(k.x, k.y) if k is not None else None for k in result.body.keypoints]
-                for result in detector.detect_poses(image)]
+        return [
+            [(k.x, k.y) if k is not None else None for k in result.body.keypoints]
+            for result in detector.detect_poses(image)
+        ]
 
     return detect
 
@@ -217,8 +222,11 @@ def tiny_pipeline(seed: int = 0) -> FineControlPipeline:
         controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(8, 16, 32, 64))
         # A trained ControlNet's zero convolutions are no longer zero; random ones make the
         # residuals (and so every test of their composition) non-trivial.
-        for conv in [*controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block,
-                     controlnet.controlnet_cond_embedding.conv_out]:
+        for conv in [
+            *controlnet.controlnet_down_blocks,
+            controlnet.controlnet_mid_block,
+            controlnet.controlnet_cond_embedding.conv_out,
+        ]:
             conv.reset_parameters()
         vae = AutoencoderKL(
             block_out_channels=(8, 16, 32, 32),
@@ -230,10 +238,19 @@ def tiny_pipeline(seed: int = 0) -> FineControlPipeline:
             sample_size=512,
         )
     scheduler = DDIMScheduler(
-        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-        clip_sample=False, set_alpha_to_one=False, steps_offset=1,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
     )
     return FineControlPipeline(
-        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
-        controlnet=controlnet, scheduler=scheduler, info={"resolution": TINY_RESOLUTION},
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        controlnet=controlnet,
+        scheduler=scheduler,
+        info=ModelInfo(resolution=TINY_RESOLUTION),
     )

@@ -15,104 +15,23 @@ classifier-free-guidance halves.
 
 from __future__ import annotations
 
-import json
-import math
-import random
+from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
 
 import numpy as np
 import torch
 from PIL import Image
 
 from finecontrol.fusion import FeatureComposer, MaskPyramid, compose_residuals, residual_split, sum_over_people
-from finecontrol.render import (
-    ANNOTATOR_JOINT_RADIUS, ANNOTATOR_STICK_WIDTH, harmony_steps, hard_masks, scene_maps, soft_masks, uses_soft_masks,
-)
-from finecontrol.scene import MAX_CANVAS, MIN_CANVAS, Scene, SceneError
-
-METHODS = ("finecontrol", "controlnet", "multicontrolnet", "finecontrol-all")
-COMPOSING_METHODS = ("finecontrol", "finecontrol-all")  # one branch per person, merged with masks
-COMPARED_METHODS = ("finecontrol", "controlnet", "multicontrolnet")  # the paper's method and its baselines
-SCHEDULERS = ("ddim", "ddim-original", "dpm++", "unipc")
-MAX_SEED = 2**32 - 1
-MODEL_INFO = "finecontrol.json"  # what a saved model folder declares beyond diffusers' configs
+from finecontrol.model_info import ModelInfo
+from finecontrol.render import hard_masks, harmony_steps, scene_maps, soft_masks, uses_soft_masks
+from finecontrol.scene import Scene, SceneError
+from finecontrol.settings import COMPOSING_METHODS, Settings
 
 StepCallback = Callable[[int, int, torch.Tensor], None]
 """Called after each step with (step index from 0, total steps, current x0 estimate latents)."""
-
-
-@dataclass
-class Settings:
-    """Generation knobs; the defaults are the paper's evaluation settings."""
-
-    method: str = "finecontrol"
-    steps: int = 20
-    guidance_scale: float = 9.0
-    control_strength: float = 1.5
-    harmony: float = 0.5
-    temperature: float = 0.001
-    mask_dilation: int | None = None
-    mask_blur: float = 1.0
-    seed: int = 0
-    width: int | None = None
-    height: int | None = None
-    scheduler: str = "ddim"
-    quality_suffix: str = "best quality"
-    eta: float = 0.0
-
-    def __post_init__(self) -> None:
-        _check(self.method in METHODS, f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
-        _check(self.scheduler in SCHEDULERS, f"scheduler must be one of {', '.join(SCHEDULERS)}, got {self.scheduler!r}")
-        _check(_is_int(self.steps) and 1 <= self.steps <= 200, f"steps must be a whole number in 1..200, got {self.steps!r}")
-        _number(self.guidance_scale, "guidance_scale", 0.0, 50.0)
-        _number(self.control_strength, "control_strength", 0.0, 5.0)
-        _number(self.harmony, "harmony", 0.0, 1.0)
-        _number(self.temperature, "temperature", 1e-6, 100.0)
-        _number(self.mask_blur, "mask_blur", 0.0, 64.0)
-        _number(self.eta, "eta", 0.0, 1.0)
-        _check(_is_int(self.seed) and 0 <= self.seed <= MAX_SEED, f"seed must be a whole number in 0..{MAX_SEED}, got {self.seed!r}")
-        if self.mask_dilation is not None:
-            _check(_is_int(self.mask_dilation) and 0 <= self.mask_dilation <= 512,
-                   f"mask_dilation must be a whole number of pixels in 0..512, got {self.mask_dilation!r}")
-        for name in ("width", "height"):
-            value = getattr(self, name)
-            if value is not None:
-                _check(_is_int(value) and MIN_CANVAS <= value <= MAX_CANVAS and value % 8 == 0,
-                       f"{name} must be a multiple of 8 in {MIN_CANVAS}..{MAX_CANVAS}, got {value!r}")
-        _check((self.width is None) == (self.height is None), "give width and height together, or neither")
-        _check(isinstance(self.quality_suffix, str), "quality_suffix must be text")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "Settings":
-        """Settings from a dict, rejecting unknown keys by name."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        _check(not unknown, f"unknown settings: {', '.join(unknown)}")
-        return cls(**values)
-
-
-def random_seed() -> int:
-    return random.randint(0, MAX_SEED)
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _number(value: Any, name: str, low: float, high: float) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    _check(ok and low <= value <= high, f"{name} must be a number in {low:g}..{high:g}, got {value!r}")
-
-
-def _check(ok: bool, message: str) -> None:
-    if not ok:
-        raise ValueError(message)
 
 
 @dataclass
@@ -175,18 +94,14 @@ class _Branches:
 class FineControlPipeline:
     """Stable Diffusion 1.x + an OpenPose ControlNet, run per person and composed with masks."""
 
-    def __init__(self, vae, text_encoder, tokenizer, unet, controlnet, scheduler, info: dict | None = None):
-        """`info` is what a model folder's `finecontrol.json` declares beyond diffusers' configs:
-        `resolution` (native size in pixels, longer side: scenes are generated at that size unless
-        the settings give width and height; absent: at the canvas size), `stick_width` and
-        `joint_radius` of its control images (default: the OpenPose annotator's 4 and 4), and for
-        the app `vocabulary`, `defaults` (Settings values) and `negative_prompt`."""
+    def __init__(self, vae, text_encoder, tokenizer, unet, controlnet, scheduler, info: ModelInfo | None = None):
+        """diffusers components plus `info`, what the model folder's `finecontrol.json` declares
+        (native resolution, control-image style, vocabulary, default settings)."""
         self.vae, self.text_encoder, self.tokenizer = vae, text_encoder, tokenizer
         self.unet, self.controlnet, self.scheduler = unet, controlnet, scheduler
-        self.info = dict(info or {})
-        self.resolution = self.info.get("resolution")
-        self.skeleton_style = (self.info.get("stick_width", ANNOTATOR_STICK_WIDTH),
-                               self.info.get("joint_radius", ANNOTATOR_JOINT_RADIUS))
+        self.info = info or ModelInfo()
+        self.resolution = self.info.resolution
+        self.skeleton_style = (self.info.stick_width, self.info.joint_radius)
         self.vae_scale = 2 ** (len(vae.config.block_out_channels) - 1)
         self.num_residuals = len(controlnet.controlnet_down_blocks)
         expected = 1 + sum(len(b.resnets) + (b.downsamplers is not None) for b in unet.down_blocks)
@@ -206,7 +121,7 @@ class FineControlPipeline:
     def dtype(self) -> torch.dtype:
         return self.unet.dtype
 
-    def to(self, device: str | torch.device, dtype: torch.dtype | None = None) -> "FineControlPipeline":
+    def to(self, device: str | torch.device, dtype: torch.dtype | None = None) -> FineControlPipeline:
         for module in (self.vae, self.text_encoder, self.unet, self.controlnet):
             module.to(device)
             if dtype is not None and dtype != module.dtype:
@@ -219,11 +134,11 @@ class FineControlPipeline:
         folder = Path(folder)
         for name in ("vae", "text_encoder", "tokenizer", "unet", "controlnet", "scheduler"):
             getattr(self, name).save_pretrained(folder / name)
-        (folder / MODEL_INFO).write_text(json.dumps(self.info, indent=1) + "\n")
+        self.info.write(folder)
 
     def default_settings(self) -> Settings:
-        """The paper's defaults, with what this model declares in `info["defaults"]` applied."""
-        return Settings.from_dict({**Settings().to_dict(), **self.info.get("defaults", {})})
+        """The paper's defaults, with what this model declares in `info.defaults` applied."""
+        return self.info.default_settings()
 
     def generation_size(self, scene: Scene, settings: Settings) -> tuple[int, int]:
         """(width, height) in pixels: the settings' override, else the scene's canvas scaled so
@@ -265,8 +180,11 @@ class FineControlPipeline:
         """CLIP embeddings (len(prompts), 77, D); each distinct text is encoded once."""
         unique = list(dict.fromkeys(prompts))
         ids = self.tokenizer(
-            unique, padding="max_length", max_length=self.tokenizer.model_max_length,
-            truncation=True, return_tensors="pt",
+            unique,
+            padding="max_length",
+            max_length=self.tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
         ).input_ids
         embeddings = self.text_encoder(ids.to(self.device))[0].to(self.dtype)
         return embeddings[[unique.index(p) for p in prompts]]
@@ -302,8 +220,13 @@ class FineControlPipeline:
         latent_size = (height // self.vae_scale, width // self.vae_scale)
         poses = [p.keypoints for p in scene.people]
         control_image, person_images, raw = scene_maps(
-            poses, (scene.width, scene.height), (width, height), latent_size,
-            settings.mask_dilation, settings.mask_blur, *self.skeleton_style,
+            poses,
+            (scene.width, scene.height),
+            (width, height),
+            latent_size,
+            settings.mask_dilation,
+            settings.mask_blur,
+            *self.skeleton_style,
         )
         raw_t = torch.from_numpy(raw)
         early, late = hard_masks(raw_t, settings.temperature), soft_masks(raw_t, settings.temperature)
@@ -326,8 +249,10 @@ class FineControlPipeline:
                 model_input = scheduler.scale_model_input(latents, t)
                 masks = branches.masks[int(uses_soft_masks(i, total, soft_steps))] if composing else None
                 e_neg, e_pos = self._predict_noise(settings.method, branches, model_input, t, masks, composer)
-                eps = e_neg + settings.guidance_scale * (e_pos - e_neg)
+                eps = e_neg + settings.guidance_scale * (e_pos - e_neg)  # classifier-free guidance on the composites
                 if callback is not None:
+                    # "predicted x0" of the DDIM paper's eq. 12: x0 = (z_t - sqrt(1 - a_t) eps) / sqrt(a_t),
+                    # a_t = alpha_bar_t, the cumulative product of (1 - beta) (docs/method.md, "Samplers")
                     alpha = scheduler.alphas_cumprod[int(t)].to(latents.device, latents.dtype)
                     callback(i, total, (latents - (1 - alpha).sqrt() * eps) / alpha.sqrt())
                 latents = scheduler.step(eps, t, latents, **step_kwargs).prev_sample
@@ -374,7 +299,8 @@ class FineControlPipeline:
     def _predict_noise(self, method, branches, latents, t, masks, composer) -> tuple[torch.Tensor, torch.Tensor]:
         """Unconditional and conditional eps, (1, C, h, w) each, from one ControlNet and one UNet call."""
         down, mid = self.controlnet(
-            latents.expand(2 * branches.people, -1, -1, -1), t,
+            latents.expand(2 * branches.people, -1, -1, -1),
+            t,
             encoder_hidden_states=branches.controlnet_context,
             controlnet_cond=branches.control_images,
             conditioning_scale=branches.control_scales,
@@ -387,7 +313,8 @@ class FineControlPipeline:
             down = [sum_over_people(d, branches.people) for d in down]
             mid = sum_over_people(mid, branches.people)
         eps = self.unet(
-            latents.expand(branches.unet_context.shape[0], -1, -1, -1), t,
+            latents.expand(branches.unet_context.shape[0], -1, -1, -1),
+            t,
             encoder_hidden_states=branches.unet_context,
             down_block_additional_residuals=down,
             mid_block_additional_residual=mid,

@@ -22,8 +22,14 @@ DEFAULT_MASK_BLUR = 1.0
 
 # Colours that tell people apart in the UI and in mask previews (person i uses colour i).
 PERSON_COLORS: tuple[tuple[int, int, int], ...] = (
-    (230, 25, 75), (60, 130, 245), (60, 180, 75), (255, 200, 25),
-    (145, 30, 180), (70, 220, 220), (245, 130, 48), (240, 50, 230),
+    (230, 25, 75),
+    (60, 130, 245),
+    (60, 180, 75),
+    (255, 200, 25),
+    (145, 30, 180),
+    (70, 220, 220),
+    (245, 130, 48),
+    (240, 50, 230),
 )
 
 
@@ -135,7 +141,9 @@ def hard_masks(raw: torch.Tensor, temperature: float) -> torch.Tensor:
     precision of values near 1, so there ties go to the lowest-indexed person and the image depends
     on the order of people (docs/method.md, "Ties").
     """
-    order = torch.argsort(raw.sum(dim=(1, 2)), stable=True)  # smaller area first wins ties
+    # Our tie rule (docs/method.md, "Ties"): argmax returns the first maximum, so listing people by
+    # increasing raw-mask area gives ties to the smaller person; stable, so equal areas keep their order.
+    order = torch.argsort(raw.sum(dim=(1, 2)), stable=True)
     winner = order[torch.argmax(raw[order], dim=0)]
     one_hot = torch.nn.functional.one_hot(winner, raw.shape[0]).permute(2, 0, 1).to(raw.dtype)
     covered = (raw > 0).any(dim=0)
@@ -147,9 +155,7 @@ def uses_soft_masks(step: int, steps: int, harmony: int) -> bool:
     return step >= steps - harmony
 
 
-def mask_overlay(
-    masks: np.ndarray, skeletons: np.ndarray, colors=PERSON_COLORS, opacity: float = 0.55
-) -> np.ndarray:
+def mask_overlay(masks: np.ndarray, skeletons: np.ndarray, colors=PERSON_COLORS, opacity: float = 0.55) -> np.ndarray:
     """Tint each pixel with its people's colours weighted by `masks` (N, H, W), skeletons on top."""
     palette = np.array([colors[i % len(colors)] for i in range(len(masks))], dtype=np.float32)
     tint = np.einsum("nhw,nc->hwc", masks.astype(np.float32), palette)

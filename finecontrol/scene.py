@@ -50,7 +50,10 @@ class Person:
         if not isinstance(other, Person):
             return NotImplemented
         return np.array_equal(self.keypoints, other.keypoints) and (
-            self.prompt, self.negative_prompt, self.control_strength, self.extra
+            self.prompt,
+            self.negative_prompt,
+            self.control_strength,
+            self.extra,
         ) == (other.prompt, other.negative_prompt, other.control_strength, other.extra)
 
 
@@ -101,8 +104,10 @@ def load_scene(path: str | Path) -> Scene:
     """Read and validate a scene (or plain OpenPose JSON) file."""
     try:
         text = Path(path).read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise SceneError(f"{path} is not a text file: expected scene or OpenPose JSON") from None
+    except UnicodeDecodeError as err:
+        raise SceneError(f"{path} is not a text file: expected scene or OpenPose JSON") from err
+    except OSError as err:
+        raise SceneError(f"cannot read {path}: {err.strerror or err}") from err
     return scene_from_json(text)
 
 
@@ -111,7 +116,7 @@ def scene_from_json(text: str) -> Scene:
     try:
         doc = json.loads(text)
     except json.JSONDecodeError as err:
-        raise SceneError(f"not valid JSON: {err.msg} at line {err.lineno}, column {err.colno}") from None
+        raise SceneError(f"not valid JSON: {err.msg} at line {err.lineno}, column {err.colno}") from err
     return scene_from_dict(doc)
 
 
@@ -141,9 +146,7 @@ def scene_from_dict(doc: Any) -> Scene:
     people = []
     for i, (entry, pose) in enumerate(zip(people_doc, poses)):
         if len(visible_limbs(pose)) == 0:
-            raise SceneError(
-                f"person {i + 1} has fewer than 2 visible connected keypoints: show at least one limb"
-            )
+            raise SceneError(f"person {i + 1} has fewer than 2 visible connected keypoints: show at least one limb")
         people.append(
             Person(
                 keypoints=pose,

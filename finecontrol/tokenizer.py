@@ -15,8 +15,8 @@ START, END = "<|startoftext|>", "<|endoftext|>"
 
 def byte_symbols() -> list[str]:
     """The 256 printable characters byte-level BPE uses for the bytes 0..255, in byte order."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(
-        range(ord("®"), ord("ÿ") + 1)
+    printable = (
+        list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
     )
     extra = 0
     symbols = {}

@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 
@@ -40,15 +41,15 @@ def assert_close(a: torch.Tensor, b: torch.Tensor, atol: float) -> None:
     assert diff <= atol, f"max difference {diff:.3g} > {atol:.3g}"
 
 
-def _serve(name: str, pipe):
-    """FineControl Studio on `pipe`, served on 127.0.0.1 until the generator closes."""
+def _serve(engine):
+    """FineControl Studio on `engine`, served on 127.0.0.1 until the generator closes."""
     from finecontrol.ui.demo import CSS, build_demo
-    from finecontrol.ui.engine import Engine
 
-    demo = build_demo(Engine(name=name, pipe=pipe))
+    demo = build_demo(engine)
     demo.queue(max_size=20, default_concurrency_limit=1)
-    _, url, _ = demo.launch(server_name="127.0.0.1", server_port=_free_port(), prevent_thread_lock=True,
-                            quiet=True, css=CSS)
+    _, url, _ = demo.launch(
+        server_name="127.0.0.1", server_port=_free_port(), prevent_thread_lock=True, quiet=True, css=CSS
+    )
     yield url.rstrip("/")
     demo.close()
 
@@ -56,13 +57,17 @@ def _serve(name: str, pipe):
 @pytest.fixture(scope="session")
 def app_url(tiny):
     """The app on the tiny model for the whole run."""
-    yield from _serve("tiny", tiny)
+    from finecontrol.ui.engine import Engine
+
+    yield from _serve(Engine(name="tiny", pipe=tiny))
 
 
 @pytest.fixture(scope="session")
 def toy_app_url(toy):
     """The app on the shipped toy model, as `python app.py` starts it on a CPU machine."""
-    yield from _serve("toy", toy)
+    from finecontrol.ui.engine import Engine
+
+    yield from _serve(Engine(name="toy", pipe=toy))
 
 
 def _free_port() -> int:
@@ -71,3 +76,24 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def assert_each_person_colours_their_own_region(panel, scene: Scene, scale: float = 1.0, margin: float = 48) -> None:
+    """A mask preview panel (H, W, 3) shows person i's colour (PERSON_COLORS[i], any brightness)
+    on many pixels near person i (their skeleton's box grown by `margin` panel pixels: joint
+    radius, dilation radius, blur and a latent cell) and on none elsewhere; `scale` maps canvas
+    to panel pixels."""
+    from finecontrol.render import PERSON_COLORS
+
+    pixels = panel.astype(np.float64)
+    norm = np.linalg.norm(pixels, axis=2)
+    ys, xs = np.mgrid[0 : panel.shape[0], 0 : panel.shape[1]]
+    for i, person in enumerate(scene.people):
+        color = np.array(PERSON_COLORS[i], np.float64)
+        cosine = (pixels @ color) / (np.maximum(norm, 1e-9) * np.linalg.norm(color))
+        tinted = (cosine > 0.9995) & (norm > 30)
+        shown = person.keypoints[person.keypoints[:, 2] > 0, :2] * scale
+        (x0, y0), (x1, y1) = shown.min(0) - margin, shown.max(0) + margin
+        near = (xs >= x0) & (xs <= x1) & (ys >= y0) & (ys <= y1)
+        assert tinted[near].sum() > 0.05 * near.sum(), f"person {i + 1}'s colour is missing near them"
+        assert not tinted[~near].any(), f"person {i + 1}'s colour appears far from them"

@@ -1,14 +1,15 @@
 """The app's API, driven with gradio_client against the app served on 127.0.0.1."""
 
 import json
+from dataclasses import replace
 
 import pytest
 from gradio_client import Client, handle_file
 from PIL import Image
 
 from finecontrol.metadata import read_png
-from finecontrol.pipeline import Settings
 from finecontrol.scene import load_scene
+from finecontrol.settings import Settings, knobs
 from finecontrol.ui.handlers import knob_values
 
 TWO = load_scene("assets/scenes/two_people.json")
@@ -31,8 +32,9 @@ def test_generate_returns_an_image_that_carries_its_scene(client):
 
 def test_generate_rejects_a_bad_scene_with_its_reason(client):
     with pytest.raises(Exception, match="person 1 has 3 keypoint values"):
-        client.predict({"people": [{"pose_keypoints_2d": [1, 2, 3]}]}, "", "", *knob_values(Settings()),
-                       api_name="/generate")
+        client.predict(
+            {"people": [{"pose_keypoints_2d": [1, 2, 3]}]}, "", "", *knob_values(Settings()), api_name="/generate"
+        )
 
 
 def test_compare_returns_a_grid(client):
@@ -46,3 +48,48 @@ def test_export_and_import_round_trip(client):
     value, setting, negative, *knobs = client.predict(handle_file(exported), api_name="/import_scene")
     assert value["people"] == TWO.to_dict()["people"]
     assert (setting, negative) == ("by the sea", "blurry")
+
+
+@pytest.fixture(scope="module")
+def recording_app(tiny):
+    """The app on the tiny model, recording the Settings every generation is asked for."""
+    from conftest import _serve
+
+    from finecontrol.ui.engine import Engine
+
+    seen = []
+
+    def run(scene, settings, on_step):
+        seen.append(settings)
+        return tiny(scene, replace(settings, steps=1), callback=on_step)
+
+    served = _serve(Engine(name="tiny", pipe=tiny, run=run))
+    yield next(served), seen
+    served.close()
+
+
+def test_each_advanced_control_sets_the_setting_its_label_names(recording_app):
+    """Values given by the labels the page shows arrive as exactly these Settings (no two controls
+    wired to each other's field)."""
+    url, seen = recording_app
+    wanted = Settings(
+        method="multicontrolnet",
+        steps=3,
+        guidance_scale=4.5,
+        control_strength=0.7,
+        harmony=0.25,
+        temperature=0.01,
+        mask_dilation=33,
+        mask_blur=2.5,
+        seed=7,
+        scheduler="unipc",
+        quality_suffix="sharp",
+    )
+    by_label = {knob.label: getattr(wanted, name) for name, knob in knobs().items() if knob.widget}
+    client = Client(url, verbose=False)
+    parameters = client.view_api(return_format="dict", print_info=False)["named_endpoints"]["/generate"]["parameters"]
+    scene_inputs = [TWO.to_dict(), "", ""]
+    args = scene_inputs + [by_label[p["label"]] for p in parameters[len(scene_inputs) :]]
+    assert len(args) == len(parameters) == len(scene_inputs) + len(by_label)
+    client.predict(*args, api_name="/generate")
+    assert seen[-1] == wanted

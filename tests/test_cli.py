@@ -3,6 +3,8 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
+from conftest import assert_each_person_colours_their_own_region
 from PIL import Image
 
 from finecontrol.cli import main
@@ -12,12 +14,29 @@ from finecontrol.scene import load_scene
 SCENE = "assets/scenes/two_people.json"
 
 
+@pytest.mark.slow
 def test_generate_end_to_end_in_a_fresh_process(tmp_path):
     out = tmp_path / "out.png"
     proc = subprocess.run(
-        [sys.executable, "-m", "finecontrol", "generate", SCENE, "--out", str(out), "--seed", "5", "--steps", "4",
-         "--model", "tiny"],
-        capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": os.getcwd()},
+        [
+            sys.executable,
+            "-m",
+            "finecontrol",
+            "generate",
+            SCENE,
+            "--out",
+            str(out),
+            "--seed",
+            "5",
+            "--steps",
+            "4",
+            "--model",
+            "tiny",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": os.getcwd()},
     )
     assert proc.returncode == 0, proc.stderr
     assert "wrote" in proc.stdout and "4/4" in proc.stderr  # the progress bar ran to the end
@@ -36,8 +55,25 @@ def test_generate_reproduces_an_image_from_its_own_png(tmp_path):
 
 def test_compare_writes_a_labelled_grid_of_methods_by_seeds(tmp_path):
     out = tmp_path / "grid.png"
-    assert main(["compare", SCENE, "--out", str(out), "--methods", "finecontrol,controlnet",
-                 "--seeds", "0,1", "--steps", "2", "--model", "tiny"]) == 0
+    assert (
+        main(
+            [
+                "compare",
+                SCENE,
+                "--out",
+                str(out),
+                "--methods",
+                "finecontrol,controlnet",
+                "--seeds",
+                "0,1",
+                "--steps",
+                "2",
+                "--model",
+                "tiny",
+            ]
+        )
+        == 0
+    )
     grid = Image.open(out)
     assert grid.size == (64 + 2 * 128, 24 + 2 * 88)
     cells = np.asarray(grid.convert("RGB"))[24:, 64:]
@@ -50,6 +86,10 @@ def test_masks_needs_no_model_and_draws_both_phases(tmp_path):
     assert main(["masks", "assets/scenes/five_people.json", "--out", str(out)]) == 0
     image = Image.open(out)
     assert image.size == (2 * 768, 24 + 512)
+    panels = np.asarray(image.convert("RGB"))[24:]
+    five = load_scene("assets/scenes/five_people.json")
+    for panel in (panels[:, :768], panels[:, 768:]):
+        assert_each_person_colours_their_own_region(panel, five)
 
 
 def test_bad_input_gives_one_line_error_and_status_2(tmp_path, capsys):

@@ -2,8 +2,8 @@ import pytest
 from PIL import Image
 
 from finecontrol.metadata import read_png, save_png
-from finecontrol.pipeline import Settings
 from finecontrol.scene import SceneError, load_scene
+from finecontrol.settings import Settings
 
 
 def test_png_carries_scene_and_settings(tmp_path):

@@ -2,10 +2,10 @@ import time
 
 import pytest
 import torch
-
 from conftest import assert_close
+
 from finecontrol.models import TINY_TOKENIZER, TINY_WORDS, ModelNotAvailableError, load_model, tiny_tokenizer
-from finecontrol.pipeline import Settings
+from finecontrol.settings import Settings
 from finecontrol.tokenizer import write_tokenizer
 
 

@@ -2,7 +2,15 @@ import numpy as np
 import pytest
 
 from finecontrol.pose import (
-    LIMBS, NUM_KEYPOINTS, TEMPLATE_NAMES, mirror, pose_center, rotate, scale, template_pose, translate,
+    LIMBS,
+    NUM_KEYPOINTS,
+    TEMPLATE_NAMES,
+    mirror,
+    pose_center,
+    rotate,
+    scale,
+    template_pose,
+    translate,
     visible_limbs,
 )
 

@@ -6,8 +6,15 @@ from controlnet_aux.open_pose.util import draw_bodypose
 
 from finecontrol.pose import mirror, rotate, template_pose
 from finecontrol.render import (
-    default_dilation, hard_masks, harmony_steps, normalized, raw_masks, scene_maps, skeleton_image,
-    soft_masks, uses_soft_masks,
+    default_dilation,
+    hard_masks,
+    harmony_steps,
+    normalized,
+    raw_masks,
+    scene_maps,
+    skeleton_image,
+    soft_masks,
+    uses_soft_masks,
 )
 
 
@@ -45,15 +52,17 @@ def test_hidden_keypoints_and_off_canvas_points_match_the_annotator():
     )
 
 
-@pytest.mark.parametrize("width, height, kernel", [
-    (512, 512, 65), (768, 768, 97), (512, 768, 65), (768, 512, 65), (640, 1024, 81), (1024, 640, 81),
-])
+@pytest.mark.parametrize(
+    "width, height, kernel",
+    [(512, 512, 65), (768, 768, 97), (512, 768, 65), (768, 512, 65), (640, 1024, 81), (1024, 640, 81)],
+)
 def test_dilation_is_an_eighth_of_the_shorter_side_made_odd(width, height, kernel):
     assert default_dilation(width, height) == kernel
 
 
-@pytest.mark.parametrize("width, height, kernel", [(96, 96, 13), (64, 96, 9), (96, 64, 9)],
-                         ids=["square", "portrait", "landscape"])
+@pytest.mark.parametrize(
+    "width, height, kernel", [(96, 96, 13), (64, 96, 9), (96, 64, 9)], ids=["square", "portrait", "landscape"]
+)
 def test_raw_masks_dilate_by_the_shorter_side_on_any_canvas(width, height, kernel):
     image = np.zeros((height, width, 3), np.uint8)
     image[height // 2, width // 2] = 255  # one lit pixel grows into a kernel x kernel square

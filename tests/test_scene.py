@@ -3,15 +3,24 @@ import json
 import numpy as np
 import pytest
 
-from finecontrol.scene import (
-    DEFAULT_NEGATIVE_PROMPT, MAX_PEOPLE, SceneError, load_scene, scene_from_dict, scene_from_json,
-)
 from finecontrol.pose import template_pose
+from finecontrol.scene import (
+    DEFAULT_NEGATIVE_PROMPT,
+    MAX_PEOPLE,
+    SceneError,
+    load_scene,
+    scene_from_dict,
+    scene_from_json,
+)
 
 
 def openpose_doc(poses, width=512, height=512, **extra):
-    return {"canvas_width": width, "canvas_height": height,
-            "people": [{"pose_keypoints_2d": p.reshape(-1).tolist()} for p in poses], **extra}
+    return {
+        "canvas_width": width,
+        "canvas_height": height,
+        "people": [{"pose_keypoints_2d": p.reshape(-1).tolist()} for p in poses],
+        **extra,
+    }
 
 
 def standing(x=256.0):

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from finecontrol.pipeline import Settings
+from finecontrol.settings import Settings
 
 # The original sampler's timesteps, written out from its rule range(0, 1000, 1000 // S) + 1.
 ORIGINAL_GRIDS = {
@@ -63,22 +63,28 @@ def test_ddim_original_sampling_equals_the_original_update(request, model, steps
     torch.testing.assert_close(x, expected, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("steps, hard, soft", [(6, 4, 3), (30, 16, 15)])
-def test_ddim_original_splits_hard_and_soft_masks_over_the_steps_it_runs(tiny, two_people, monkeypatch, steps,
-                                                                          hard, soft):
+@pytest.mark.parametrize("steps, hard, soft", [(6, 4, 3), pytest.param(30, 16, 15, marks=pytest.mark.slow)])
+def test_ddim_original_splits_hard_and_soft_masks_over_the_steps_it_runs(
+    tiny, two_people, monkeypatch, steps, hard, soft
+):
     """harmony 0.5 makes the last steps // 2 steps soft, also when the grid runs one step more."""
     import finecontrol.pipeline as pipeline
 
     used = []
     compose = pipeline.compose_residuals
-    monkeypatch.setattr(pipeline, "compose_residuals",
-                        lambda down, masks, split: used.append(masks.masks) or compose(down, masks, split))
+    monkeypatch.setattr(
+        pipeline,
+        "compose_residuals",
+        lambda down, masks, split: used.append(masks.masks) or compose(down, masks, split),
+    )
     seen = []
-    result = tiny(two_people, Settings(scheduler="ddim-original", steps=steps, harmony=0.5),
-                  callback=lambda i, total, x0: seen.append((i, total)))
+    result = tiny(
+        two_people,
+        Settings(scheduler="ddim-original", steps=steps, harmony=0.5),
+        callback=lambda i, total, x0: seen.append((i, total)),
+    )
     assert seen == [(i, hard + soft) for i in range(hard + soft)]
     early, late = torch.from_numpy(result.early_masks), torch.from_numpy(result.late_masks)
     assert not torch.equal(early, late)
     kinds = ["hard" if torch.equal(m, early) else "soft" if torch.equal(m, late) else "?" for m in used]
     assert kinds == ["hard"] * hard + ["soft"] * soft
-

@@ -6,11 +6,12 @@ import gradio as gr
 import numpy as np
 import pytest
 import torch
+from conftest import assert_each_person_colours_their_own_region
 from PIL import Image
 
 from finecontrol.metadata import read_png, save_png
-from finecontrol.pipeline import Settings
 from finecontrol.scene import MAX_PEOPLE, load_scene
+from finecontrol.settings import Settings
 from finecontrol.ui import handlers
 from finecontrol.ui.engine import Engine
 
@@ -37,13 +38,16 @@ def test_parse_scene_merges_the_setting_and_negative_boxes():
     assert scene.people == TWO.people
 
 
-@pytest.mark.parametrize("value, message", [
-    (None, "sent no scene"),
-    ("{not json", "not a scene"),
-    ({"people": [{"pose_keypoints_2d": [1, 2, 3]}]}, "Invalid scene: person 1 has 3 keypoint values"),
-    ({"people": canvas()["people"] * 5}, f"too many people: 10 \\(at most {MAX_PEOPLE}\\)"),
-    ({**canvas(), "canvas_width": 100}, "not a multiple of 8"),
-])
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        (None, "sent no scene"),
+        ("{not json", "not a scene"),
+        ({"people": [{"pose_keypoints_2d": [1, 2, 3]}]}, "Invalid scene: person 1 has 3 keypoint values"),
+        ({"people": canvas()["people"] * 5}, f"too many people: 10 \\(at most {MAX_PEOPLE}\\)"),
+        ({**canvas(), "canvas_width": 100}, "not a multiple of 8"),
+    ],
+)
 def test_bad_canvas_values_are_refused_with_a_reason(value, message):
     with pytest.raises(gr.Error, match=message):
         handlers.parse_scene(value, "", "")
@@ -69,13 +73,18 @@ def test_settings_from_the_panel_are_validated_and_converted():
 def test_masks_preview_needs_no_model_and_shows_both_phases():
     image = handlers.masks_preview(canvas(), "", "", *KNOBS)
     assert image.shape == (TWO.height, 2 * TWO.width + 8, 3)
+    early, late = image[:, : TWO.width], image[:, TWO.width + 8 :]
+    for panel in (early, late):
+        assert_each_person_colours_their_own_region(panel, TWO)
 
 
 def test_empty_canvas_is_refused_everywhere(engine):
     empty = {"canvas_width": 512, "canvas_height": 512, "people": []}
-    for call in (lambda: handlers.masks_preview(empty, "", "", *KNOBS),
-                 lambda: run_generate(engine, value=empty),
-                 lambda: handlers.compare(engine, empty, "", "", 0, *KNOBS)):
+    for call in (
+        lambda: handlers.masks_preview(empty, "", "", *KNOBS),
+        lambda: run_generate(engine, value=empty),
+        lambda: handlers.compare(engine, empty, "", "", 0, *KNOBS),
+    ):
         with pytest.raises(gr.Error, match="canvas is empty"):
             call()
 
@@ -89,6 +98,8 @@ def test_generate_streams_previews_then_a_png_that_carries_its_scene(engine):
     assert scene.people == TWO.people and scene.setting == "in a forest"
     assert settings == Settings(steps=8, seed=3)
     assert control.shape == overlay.shape == (88, 128, 3)
+    # at 128 px: joint radius 4, dilation radius 5, blur 3 and one 8 px latent cell
+    assert_each_person_colours_their_own_region(overlay, TWO, scale=128 / TWO.width, margin=24)
     assert "Person 1: `an astronaut in a forest, best quality`" in prompts
     assert "Person 2: `a samurai in red armor in a forest, best quality`" in prompts
 
@@ -132,14 +143,23 @@ def test_importing_a_png_restores_scene_and_settings(tmp_path):
 
 def test_importing_plain_openpose_json_leaves_the_settings_alone(tmp_path):
     path = tmp_path / "openpose.json"
-    path.write_text(json.dumps({"canvas_width": 512, "canvas_height": 512,
-                                "people": [{"pose_keypoints_2d": canvas()["people"][0]["pose_keypoints_2d"]}]}))
+    path.write_text(
+        json.dumps(
+            {
+                "canvas_width": 512,
+                "canvas_height": 512,
+                "people": [{"pose_keypoints_2d": canvas()["people"][0]["pose_keypoints_2d"]}],
+            }
+        )
+    )
     value, setting, negative, *knobs = handlers.import_file(str(path))
     assert len(value["people"]) == 1 and value["people"][0]["prompt"] == ""
     assert all(isinstance(k, type(gr.skip())) for k in knobs)
 
 
-@pytest.mark.parametrize("content, message", [(b"{oops", "not valid JSON"), (b"\x89PNG\r\n\x1a\n", "not a readable image")])
+@pytest.mark.parametrize(
+    "content, message", [(b"{oops", "not valid JSON"), (b"\x89PNG\r\n\x1a\n", "not a readable image")]
+)
 def test_bad_imports_are_refused_with_a_reason(tmp_path, content, message):
     path = tmp_path / ("bad.png" if content.startswith(b"\x89") else "bad.json")
     path.write_bytes(content)
@@ -173,10 +193,16 @@ def test_pose_from_photo_adds_people_and_keeps_the_existing_ones():
     assert value["people"][:2] == canvas()["people"]
 
 
-@pytest.mark.parametrize("detect, message", [
-    (lambda image: [], "No person found"),
-    (lambda image: (_ for _ in ()).throw(RuntimeError("weights missing")), "Pose detection is not available: weights missing"),
-])
+@pytest.mark.parametrize(
+    "detect, message",
+    [
+        (lambda image: [], "No person found"),
+        (
+            lambda image: (_ for _ in ()).throw(RuntimeError("weights missing")),
+            "Pose detection is not available: weights missing",
+        ),
+    ],
+)
 def test_pose_from_photo_failures_are_explained(detect, message):
     with pytest.raises(gr.Error, match=message):
         handlers.pose_from_photo(detect, np.zeros((8, 8, 3), np.uint8), canvas(), "", "")
@@ -211,7 +237,17 @@ def test_app_model_default_follows_the_environment(monkeypatch):
     monkeypatch.setenv("FINECONTROL_MODEL", "/models/mine")
     assert app.parse_args([]).model == "/models/mine"
     monkeypatch.delenv("FINECONTROL_MODEL")
-    from finecontrol.models import offline_default
-
-    assert app.parse_args([]).model == ("sd15" if torch.cuda.is_available() else offline_default())
     assert app.parse_args([]).host == "127.0.0.1"
+
+
+def test_app_model_default_is_sd15_with_cuda_else_the_toy_model_else_tiny(monkeypatch, tmp_path):
+    import app
+    import finecontrol.models as models
+
+    monkeypatch.delenv("FINECONTROL_MODEL", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert app.parse_args([]).model == "sd15"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert app.parse_args([]).model == "toy"  # the shipped weights are in assets/
+    monkeypatch.setattr(models, "TOY_MODEL", tmp_path / "no-toy-here")
+    assert app.parse_args([]).model == "tiny"

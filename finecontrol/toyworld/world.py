@@ -20,8 +20,14 @@ SIZE = 64
 STICK_WIDTH, JOINT_RADIUS = 1, 2
 SETTINGS = {"grass": "on grass", "snow": "in snow", "beach": "on a beach", "night": "at night"}
 BACKGROUNDS = {"grass": (70, 150, 50), "snow": (236, 240, 246), "beach": (222, 196, 140), "night": (22, 28, 78)}
-COLORS = {"red": (220, 30, 30), "blue": (40, 80, 235), "purple": (135, 45, 195), "orange": (250, 140, 10),
-          "pink": (250, 110, 200), "cyan": (20, 225, 235)}
+COLORS = {
+    "red": (220, 30, 30),
+    "blue": (40, 80, 235),
+    "purple": (135, 45, 195),
+    "orange": (250, 140, 10),
+    "pink": (250, 110, 200),
+    "cyan": (20, 225, 235),
+}
 SKIN = (235, 190, 150)
 VOCABULARY = sorted({"a", "person", "and"} | {w for phrase in SETTINGS.values() for w in phrase.split()} | set(COLORS))
 
@@ -72,7 +78,9 @@ def random_scene(
     poses = []
     for x in rng.permutation(slots):
         height = rng.uniform(tallest - 8, tallest)
-        poses.append(random_pose(rng, height, x + rng.normal(0, SIZE / n * 0.1 * spread), rng.uniform(SIZE - 6, SIZE - 1)))
+        poses.append(
+            random_pose(rng, height, x + rng.normal(0, SIZE / n * 0.1 * spread), rng.uniform(SIZE - 6, SIZE - 1))
+        )
     return ToyScene(setting, colors, poses)
 
 
@@ -95,8 +103,13 @@ def draw_person(image: np.ndarray, pose: np.ndarray, color: tuple[int, int, int]
     torso = np.round(pose[list(_TORSO), :2]).astype(np.int32)
     cv2.fillConvexPoly(image, torso, color)
     for a, b in _LIMBS:
-        cv2.line(image, tuple(np.round(pose[a, :2]).astype(int)), tuple(np.round(pose[b, :2]).astype(int)),
-                 color, thickness=3)
+        cv2.line(
+            image,
+            tuple(np.round(pose[a, :2]).astype(int)),
+            tuple(np.round(pose[b, :2]).astype(int)),
+            color,
+            thickness=3,
+        )
     head = tuple(np.round(pose[0, :2]).astype(int))
     cv2.circle(image, head, max(2, int(round(height * 0.08))), SKIN, thickness=-1)
 

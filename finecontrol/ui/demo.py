@@ -9,8 +9,8 @@ from functools import lru_cache
 import gradio as gr
 
 from finecontrol.models import DEFAULT_ANNOTATORS, load_pose_detector
-from finecontrol.pipeline import METHODS, SCHEDULERS, Settings, random_seed
 from finecontrol.scene import DEFAULT_NEGATIVE_PROMPT
+from finecontrol.settings import Settings, knobs, random_seed
 from finecontrol.ui import handlers
 from finecontrol.ui.editor import PoseEditor
 from finecontrol.ui.engine import Engine
@@ -29,11 +29,42 @@ CSS = """
 """
 
 
+def knob_components(defaults: Settings, per_row: int = 3) -> dict[str, gr.components.Component]:
+    """The Advanced panel: one control per Settings field that has a widget, built from its Knob
+    (label, range, choices) and keyed by field name; `defaults` gives their values."""
+    names, values = handlers.KNOB_FIELDS, handlers.knob_values(defaults)
+    components = {}
+    for start in range(0, len(names), per_row):
+        with gr.Row():
+            for name, value in zip(names[start : start + per_row], values[start : start + per_row]):
+                knob, elem_id = knobs()[name], name.replace("_", "-")
+                if knob.widget == "dropdown":
+                    component = gr.Dropdown(list(knob.choices), value=value, label=knob.label, elem_id=elem_id)
+                elif knob.widget == "slider":
+                    component = gr.Slider(
+                        knob.low,
+                        knob.high if knob.ui_max is None else knob.ui_max,
+                        value=value,
+                        step=knob.ui_step,
+                        label=knob.label,
+                        elem_id=elem_id,
+                    )
+                elif knob.widget == "number":
+                    component = gr.Number(
+                        value=value, precision=0 if knob.kind == "int" else None, label=knob.label, elem_id=elem_id
+                    )
+                else:
+                    component = gr.Textbox(value=value, label=knob.label, elem_id=elem_id)
+                components[name] = component
+    return components
+
+
 def build_demo(engine: Engine, annotators: str = DEFAULT_ANNOTATORS) -> gr.Blocks:
     """The app for `engine`; `annotators` is where pose-from-photo finds its detector weights.
     Launch it with `css=CSS`."""
     defaults = engine.pipe.default_settings() if engine.pipe else Settings()
-    default_negative = engine.pipe.info.get("negative_prompt", DEFAULT_NEGATIVE_PROMPT) if engine.pipe else DEFAULT_NEGATIVE_PROMPT
+    own_negative = engine.pipe.info.negative_prompt if engine.pipe else None
+    default_negative = DEFAULT_NEGATIVE_PROMPT if own_negative is None else own_negative
     presets = handlers.PRESETS / "toy" if engine.knows_words else handlers.PRESETS
 
     @lru_cache(maxsize=1)
@@ -47,58 +78,54 @@ def build_demo(engine: Engine, annotators: str = DEFAULT_ANNOTATORS) -> gr.Block
         with gr.Row():
             with gr.Column(scale=3):
                 editor = PoseEditor(elem_id="pose-editor")
-                setting = gr.Textbox(label="Setting, shared by everyone", placeholder="in a forest",
-                                     elem_id="setting")
-                negative = gr.Textbox(label="Negative prompt, for everyone", value=default_negative,
-                                      elem_id="negative")
+                setting = gr.Textbox(label="Setting, shared by everyone", placeholder="in a forest", elem_id="setting")
+                negative = gr.Textbox(label="Negative prompt, for everyone", value=default_negative, elem_id="negative")
                 with gr.Row():
                     masks_button = gr.Button("Show masks", elem_id="masks-button")
                     generate_button = gr.Button("Generate", variant="primary", elem_id="generate-button")
                     compare_button = gr.Button("Compare methods", elem_id="compare-button")
                 with gr.Accordion("Advanced settings (the model's defaults)", open=False):
+                    knob_inputs = knob_components(defaults)
                     with gr.Row():
-                        method = gr.Dropdown(list(METHODS), value=defaults.method, label="Method")
-                        scheduler = gr.Dropdown(list(SCHEDULERS), value=defaults.scheduler, label="Scheduler")
-                        steps = gr.Slider(1, 100, value=defaults.steps, step=1, label="Steps")
-                    with gr.Row():
-                        guidance = gr.Slider(0, 20, value=defaults.guidance_scale, step=0.5, label="Guidance scale")
-                        strength = gr.Slider(0, 3, value=defaults.control_strength, step=0.05,
-                                             label="Control strength (people without their own)")
-                    with gr.Row():
-                        harmony = gr.Slider(0, 1, value=defaults.harmony, step=0.05,
-                                            label="Harmony (fraction of final steps with soft masks)")
-                        temperature = gr.Number(value=defaults.temperature, label="Mask temperature")
-                    with gr.Row():
-                        dilation = gr.Slider(0, 255, value=0, step=1, label="Mask dilation, px (0: automatic, shorter side / 8)")
-                        blur = gr.Slider(0, 8, value=defaults.mask_blur, step=0.5, label="Mask blur sigma, px")
-                    with gr.Row():
-                        seed = gr.Number(value=defaults.seed, precision=0, label="Seed", elem_id="seed")
                         random_button = gr.Button("Random seed", size="sm")
                         extra_seeds = gr.Slider(0, 3, value=0, step=1, label="Compare: extra seeds")
-                    suffix = gr.Textbox(value=defaults.quality_suffix, label="Quality suffix")
                 with gr.Accordion("Import / export", open=False):
                     with gr.Row():
                         export_button = gr.Button("Export scene JSON", elem_id="export-button")
                         export_file = gr.File(label="Scene file", elem_id="export-file", interactive=False)
-                    import_file = gr.File(label="Import: scene JSON, OpenPose JSON or a FineControl PNG",
-                                          file_types=[".json", ".png"], elem_id="import-file")
+                    import_file = gr.File(
+                        label="Import: scene JSON, OpenPose JSON or a FineControl PNG",
+                        file_types=[".json", ".png"],
+                        elem_id="import-file",
+                    )
                     with gr.Row():
                         photo = gr.Image(label="Pose from a photo", type="numpy", sources=["upload"])
                         photo_button = gr.Button("Add the people in this photo")
                 preset = gr.Textbox(visible=False)
-                gr.Examples([[name] for name in handlers.preset_names(presets)], inputs=[preset],
-                            label="Preset scenes", fn=lambda name: handlers.load_preset(name, presets),
-                            outputs=[editor, setting, negative], run_on_click=True, cache_examples=False)
+                gr.Examples(
+                    [[name] for name in handlers.preset_names(presets)],
+                    inputs=[preset],
+                    label="Preset scenes",
+                    fn=lambda name: handlers.load_preset(name, presets),
+                    outputs=[editor, setting, negative],
+                    run_on_click=True,
+                    cache_examples=False,
+                )
             with gr.Column(scale=2):
-                result = gr.Image(label="Result (the PNG carries its scene)", type="filepath", format="png",
-                                  height=420, elem_id="result")
+                result = gr.Image(
+                    label="Result (the PNG carries its scene)",
+                    type="filepath",
+                    format="png",
+                    height=420,
+                    elem_id="result",
+                )
                 with gr.Row():
                     control_map = gr.Image(label="Control map", height=200, elem_id="control-map")
                     mask_image = gr.Image(label="Masks: who owns which region", height=200, elem_id="mask-image")
                 prompts_used = gr.Markdown(elem_id="prompts-used")
                 comparison = gr.Image(label="Comparison", type="filepath", format="png", elem_id="comparison")
 
-        knobs = [method, steps, guidance, strength, harmony, temperature, dilation, blur, seed, scheduler, suffix]
+        knobs = [knob_inputs[name] for name in handlers.KNOB_FIELDS]
         scene_inputs = [editor, setting, negative]
 
         def run_generate(value, setting_text, negative_text, *knob_values, progress=gr.Progress()):
@@ -111,11 +138,12 @@ def build_demo(engine: Engine, annotators: str = DEFAULT_ANNOTATORS) -> gr.Block
             return handlers.pose_from_photo(lambda img: detector()(img), image, value, setting_text, negative_text)
 
         masks_button.click(handlers.masks_preview, scene_inputs + knobs, mask_image, api_name="masks")
-        generate_button.click(run_generate, scene_inputs + knobs, [result, control_map, mask_image, prompts_used],
-                              api_name="generate")
+        generate_button.click(
+            run_generate, scene_inputs + knobs, [result, control_map, mask_image, prompts_used], api_name="generate"
+        )
         compare_button.click(run_compare, scene_inputs + [extra_seeds] + knobs, comparison, api_name="compare")
         export_button.click(handlers.export_scene, scene_inputs, export_file, api_name="export_scene")
         import_file.upload(handlers.import_file, import_file, scene_inputs + knobs, api_name="import_scene")
         photo_button.click(run_photo, [photo] + scene_inputs, editor, api_name="pose_from_photo")
-        random_button.click(random_seed, None, seed, api_name=False)
+        random_button.click(random_seed, None, knob_inputs["seed"], api_name=False)
     return demo

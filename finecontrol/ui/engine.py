@@ -4,14 +4,15 @@ plain description of the model, or the reason it could not load."""
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from PIL import Image
 
-from finecontrol.pipeline import FineControlPipeline, Generation, Settings, StepCallback
+from finecontrol.pipeline import FineControlPipeline, Generation, StepCallback
 from finecontrol.scene import Scene
+from finecontrol.settings import Settings
 
 RANDOM_WEIGHT_MODELS = {"tiny"}
 
@@ -31,7 +32,7 @@ class Engine:
             self.run = lambda scene, settings, on_step: self.pipe(scene, settings, callback=on_step)
 
     @classmethod
-    def load(cls, name: str, controlnet: str | None = None) -> "Engine":
+    def load(cls, name: str, controlnet: str | None = None) -> Engine:
         """Load `name`; on failure keep the reason so the UI can show it instead of crashing."""
         from finecontrol.models import load_model
 
@@ -47,7 +48,7 @@ class Engine:
     @property
     def knows_words(self) -> bool:
         """True for a model that declares the only words it understands (the toy model)."""
-        return bool(self.pipe and self.pipe.info.get("vocabulary"))
+        return bool(self.pipe and self.pipe.info.vocabulary)
 
     def describe(self) -> str:
         """One line of Markdown for the UI: which model is active and what to expect of it."""
@@ -56,12 +57,16 @@ class Engine:
         where = f"{self.pipe.device.type}, {str(self.pipe.dtype).replace('torch.', '')}"
         text = f"Model: **`{Path(self.name).name or self.name}`** ({where})"
         if self.random_weights:
-            text += (" - random weights: images are noise, not pictures; they show the plumbing "
-                     "(masks, prompts, speed). Run with `--model sd15` for real images.")
+            text += (
+                " - random weights: images are noise, not pictures; they show the plumbing "
+                "(masks, prompts, speed). Run with `--model sd15` for real images."
+            )
         if self.knows_words:
-            text += (" - a small model trained on a toy world of coloured stick figures; the words it "
-                     f"knows: {', '.join(self.pipe.info['vocabulary'])}. Prompts like `a red person`, "
-                     "setting `on grass`, `in snow`, `on a beach` or `at night`.")
+            text += (
+                " - a small model trained on a toy world of coloured stick figures; the words it "
+                f"knows: {', '.join(self.pipe.info.vocabulary)}. Prompts like `a red person`, "
+                "setting `on grass`, `in snow`, `on a beach` or `at night`."
+            )
         return text
 
     def generate(self, scene: Scene, settings: Settings, on_step: StepCallback | None = None) -> Generation:

@@ -12,28 +12,38 @@ import queue
 import tempfile
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import gradio as gr
 import numpy as np
 from PIL import Image
 
 from finecontrol.metadata import read_png, save_png
-from finecontrol.pipeline import COMPARED_METHODS, MAX_SEED, Generation, Settings
+from finecontrol.paths import ASSETS
+from finecontrol.pipeline import Generation
 from finecontrol.pose import visible_limbs
 from finecontrol.render import labelled_grid, mask_overlay, mask_previews, upsample_masks
-from finecontrol.scene import DEFAULT_NEGATIVE_PROMPT, MAX_PEOPLE, Person, Scene, SceneError, load_scene, scene_from_dict
+from finecontrol.scene import (
+    DEFAULT_NEGATIVE_PROMPT,
+    MAX_PEOPLE,
+    Person,
+    Scene,
+    SceneError,
+    load_scene,
+    scene_from_dict,
+)
+from finecontrol.settings import COMPARED_METHODS, MAX_SEED, Settings, knobs
 from finecontrol.ui.engine import Engine
 
-PRESETS = Path(__file__).resolve().parents[2] / "assets" / "scenes"
+PRESETS = ASSETS / "scenes"
 PREVIEW_EVERY = 4  # steps between live previews
-# The Advanced panel's inputs, in order, and the Settings fields they fill.
-KNOB_FIELDS = ("method", "steps", "guidance_scale", "control_strength", "harmony", "temperature",
-               "mask_dilation", "mask_blur", "seed", "scheduler", "quality_suffix")
-_INTEGER_FIELDS = {"steps", "seed", "mask_dilation"}
+# The Advanced panel's inputs, in order: the Settings fields the app offers (those with a widget).
+KNOB_FIELDS = tuple(name for name, knob in knobs().items() if knob.widget)
+_INTEGER_FIELDS = {name for name in KNOB_FIELDS if knobs()[name].kind == "int"}
 
 _OUTPUT_DIR = Path(tempfile.mkdtemp(prefix="finecontrol-"))
 # Generations run on one long-lived thread (the handler's own thread streams the previews), so
@@ -56,19 +66,22 @@ def parse_scene(value: Any, setting: str | None, negative: str | None) -> Scene:
     if isinstance(value, str):
         try:
             value = json.loads(value)
-        except json.JSONDecodeError:
-            raise gr.Error("The pose canvas sent something that is not a scene (not JSON).") from None
+        except json.JSONDecodeError as err:
+            raise gr.Error("The pose canvas sent something that is not a scene (not JSON).") from err
     if not isinstance(value, dict):
         raise gr.Error("The pose canvas sent no scene: reload the page.")
     for name, text in (("setting", setting), ("negative prompt", negative)):
         if text is not None and not isinstance(text, str):
             raise gr.Error(f"The {name} must be text.")
-    doc = {**value, "setting": setting or "",
-           "negative_prompt": DEFAULT_NEGATIVE_PROMPT if negative is None else negative}
+    doc = {
+        **value,
+        "setting": setting or "",
+        "negative_prompt": DEFAULT_NEGATIVE_PROMPT if negative is None else negative,
+    }
     try:
         return scene_from_dict(doc)
     except SceneError as err:
-        raise gr.Error(f"Invalid scene: {err}") from None
+        raise gr.Error(f"Invalid scene: {err}") from err
 
 
 def require_people(scene: Scene) -> None:
@@ -91,13 +104,15 @@ def parse_settings(*knobs: Any) -> Settings:
     try:
         return Settings(**values)
     except (TypeError, ValueError) as err:
-        raise gr.Error(f"Invalid setting: {err}") from None
+        raise gr.Error(f"Invalid setting: {err}") from err
 
 
 def knob_values(settings: Settings) -> list[Any]:
     """The Advanced panel's values for `settings` (inverse of parse_settings; 0 = automatic dilation)."""
-    return [0 if name == "mask_dilation" and settings.mask_dilation is None else getattr(settings, name)
-            for name in KNOB_FIELDS]
+    return [
+        0 if name == "mask_dilation" and settings.mask_dilation is None else getattr(settings, name)
+        for name in KNOB_FIELDS
+    ]
 
 
 def error_message(err: BaseException) -> str:
@@ -116,16 +131,23 @@ def masks_preview(value: Any, setting: str, negative: str, *knobs: Any) -> np.nd
     scene = parse_scene(value, setting, negative)
     require_people(scene)
     settings = parse_settings(*knobs)
-    early, late = mask_previews([p.keypoints for p in scene.people], (scene.width, scene.height),
-                                settings.mask_dilation, settings.mask_blur, settings.temperature)
+    early, late = mask_previews(
+        [p.keypoints for p in scene.people],
+        (scene.width, scene.height),
+        settings.mask_dilation,
+        settings.mask_blur,
+        settings.temperature,
+    )
     return np.concatenate([early, np.full((early.shape[0], 8, 3), 255, np.uint8), late], axis=1)
 
 
 def prompts_markdown(result: Generation) -> str:
     """The exact texts the model was given, as Markdown."""
     p = result.prompts
-    lines = [f"**Seed** {result.settings.seed} - **method** {result.settings.method} - "
-             f"**size** {result.image.width}x{result.image.height}"]
+    lines = [
+        f"**Seed** {result.settings.seed} - **method** {result.settings.method} - "
+        f"**size** {result.image.width}x{result.image.height}"
+    ]
     if result.settings.method == "controlnet":
         lines.append(f"- Global prompt: `{p.global_prompt}`")
     else:
@@ -137,8 +159,9 @@ def prompts_markdown(result: Generation) -> str:
     return "\n".join(lines)
 
 
-def _run_with_previews(engine: Engine, scene: Scene, settings: Settings, progress, label: str = "",
-                       previews: bool = True) -> Iterator[Image.Image | Generation]:
+def _run_with_previews(
+    engine: Engine, scene: Scene, settings: Settings, progress, label: str = "", previews: bool = True
+) -> Iterator[Image.Image | Generation]:
     """Run one generation on the worker thread; yield preview images while it runs (if `previews`),
     then the result."""
     updates: queue.Queue = queue.Queue()
@@ -164,8 +187,9 @@ def _run_with_previews(engine: Engine, scene: Scene, settings: Settings, progres
             return
 
 
-def generate(engine: Engine, value: Any, setting: str, negative: str, *knobs: Any,
-             progress: Callable = lambda *a, **k: None) -> Iterator[tuple]:
+def generate(
+    engine: Engine, value: Any, setting: str, negative: str, *knobs: Any, progress: Callable = lambda *a, **k: None
+) -> Iterator[tuple]:
     """Yields (image, control map, mask overlay, prompts) - previews first, then the PNG file."""
     scene = parse_scene(value, setting, negative)
     require_people(scene)
@@ -182,8 +206,15 @@ def generate(engine: Engine, value: Any, setting: str, negative: str, *knobs: An
     yield str(path), result.control_image, overlay, prompts_markdown(result)
 
 
-def compare(engine: Engine, value: Any, setting: str, negative: str, extra_seeds: Any, *knobs: Any,
-            progress: Callable = lambda *a, **k: None) -> str:
+def compare(
+    engine: Engine,
+    value: Any,
+    setting: str,
+    negative: str,
+    extra_seeds: Any,
+    *knobs: Any,
+    progress: Callable = lambda *a, **k: None,
+) -> str:
     """FineControlNet, ControlNet and MultiControlNet with the same seeds, as a labelled grid PNG."""
     scene = parse_scene(value, setting, negative)
     require_people(scene)
@@ -195,14 +226,27 @@ def compare(engine: Engine, value: Any, setting: str, negative: str, extra_seeds
     for seed in seeds:
         row = []
         for method in COMPARED_METHODS:
-            (result,) = _run_with_previews(engine, scene, replace(settings, method=method, seed=seed), progress,
-                                           label=f"{method}, seed {seed}: ", previews=False)
+            (result,) = _run_with_previews(
+                engine,
+                scene,
+                replace(settings, method=method, seed=seed),
+                progress,
+                label=f"{method}, seed {seed}: ",
+                previews=False,
+            )
             row.append(result.image)
         rows.append(row)
     grid = labelled_grid(rows, list(COMPARED_METHODS), [f"seed {s}" for s in seeds])
     path = _output_path(f"finecontrol-compare-{settings.seed}", ".png")
-    save_png(grid, path, scene, settings, model=engine.name, methods=",".join(COMPARED_METHODS),
-             seeds=",".join(map(str, seeds)))
+    save_png(
+        grid,
+        path,
+        scene,
+        settings,
+        model=engine.name,
+        methods=",".join(COMPARED_METHODS),
+        seeds=",".join(map(str, seeds)),
+    )
     return str(path)
 
 
@@ -226,7 +270,7 @@ def import_file(path: str | None) -> tuple:
         else:
             scene, knobs = load_scene(path), [gr.skip()] * len(KNOB_FIELDS)
     except (SceneError, ValueError) as err:
-        raise gr.Error(f"Could not import {Path(path).name}: {err}") from None
+        raise gr.Error(f"Could not import {Path(path).name}: {err}") from err
     gr.Info(f"Imported {len(scene.people)} people from {Path(path).name}.")
     return (scene.to_dict(), scene.setting, scene.negative_prompt, *knobs)
 
@@ -259,8 +303,9 @@ def poses_from_detection(bodies: list, image_size: tuple[int, int], canvas_size:
     return poses
 
 
-def pose_from_photo(detect: Callable[[np.ndarray], list], image: np.ndarray | None, value: Any,
-                    setting: str, negative: str) -> dict:
+def pose_from_photo(
+    detect: Callable[[np.ndarray], list], image: np.ndarray | None, value: Any, setting: str, negative: str
+) -> dict:
     """Add the people found in a photo to the canvas (keeping the people already there)."""
     if image is None:
         raise gr.Error("Upload a photo first.")
@@ -268,9 +313,12 @@ def pose_from_photo(detect: Callable[[np.ndarray], list], image: np.ndarray | No
     try:
         bodies = detect(image)
     except Exception as err:
-        raise gr.Error(f"Pose detection is not available: {err}") from None
-    found = [p for p in poses_from_detection(bodies, (image.shape[1], image.shape[0]), (scene.width, scene.height))
-             if visible_limbs(p)]
+        raise gr.Error(f"Pose detection is not available: {err}") from err
+    found = [
+        p
+        for p in poses_from_detection(bodies, (image.shape[1], image.shape[0]), (scene.width, scene.height))
+        if visible_limbs(p)
+    ]
     if not found:
         raise gr.Error("No person found in the photo.")
     room = MAX_PEOPLE - len(scene.people)

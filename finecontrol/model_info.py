@@ -1,0 +1,73 @@
+"""What a model folder declares beyond diffusers' configs: its `finecontrol.json`."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from finecontrol.render import ANNOTATOR_JOINT_RADIUS, ANNOTATOR_STICK_WIDTH
+from finecontrol.settings import Settings
+
+MODEL_INFO = "finecontrol.json"
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """A model's own facts; every field is optional in the file, unknown keys are refused.
+
+    resolution: native size in pixels (longer side); scenes are generated at that size unless the
+        settings give width and height. None: at the canvas size.
+    stick_width, joint_radius: how its control images are drawn (default: the OpenPose annotator's
+        4 and 4, what the public OpenPose ControlNets were trained on).
+    vocabulary: the only words the model understands (the toy model); empty: any text.
+    defaults: Settings values that replace the paper's defaults for this model.
+    negative_prompt: the app's default negative prompt for this model; None: the paper's.
+    training_minutes: how long it took to train (informative).
+    """
+
+    resolution: int | None = None
+    stick_width: int = ANNOTATOR_STICK_WIDTH
+    joint_radius: int = ANNOTATOR_JOINT_RADIUS
+    vocabulary: tuple[str, ...] = ()
+    defaults: dict[str, Any] = field(default_factory=dict)
+    negative_prompt: str | None = None
+    training_minutes: float | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "vocabulary", tuple(self.vocabulary))
+        for name in ("stick_width", "joint_radius") + (("resolution",) if self.resolution is not None else ()):
+            value = getattr(self, name)
+            if not (isinstance(value, int) and not isinstance(value, bool) and value > 0):
+                raise ValueError(f"{MODEL_INFO}: {name} must be a positive whole number, got {value!r}")
+        if not all(isinstance(word, str) for word in self.vocabulary):
+            raise ValueError(f"{MODEL_INFO}: vocabulary must be a list of words")
+        self.default_settings()  # refuses unknown or invalid defaults, by name
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> ModelInfo:
+        """The info in `values`, refusing keys it does not know (a misspelt key would otherwise be ignored)."""
+        known = [f.name for f in fields(cls)]
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise ValueError(f"{MODEL_INFO}: unknown key(s) {', '.join(unknown)}; known: {', '.join(known)}")
+        return cls(**values)
+
+    @classmethod
+    def read(cls, folder: str | Path) -> ModelInfo:
+        """The folder's `finecontrol.json`, or the defaults when it has none."""
+        path = Path(folder) / MODEL_INFO
+        return cls.from_dict(json.loads(path.read_text())) if path.is_file() else cls()
+
+    def write(self, folder: str | Path) -> None:
+        values = asdict(self)
+        values["vocabulary"] = list(self.vocabulary)
+        (Path(folder) / MODEL_INFO).write_text(json.dumps(values, indent=1) + "\n")
+
+    def default_settings(self) -> Settings:
+        """The paper's defaults with this model's `defaults` applied."""
+        try:
+            return Settings.from_dict({**Settings().to_dict(), **self.defaults})
+        except ValueError as err:
+            raise ValueError(f"{MODEL_INFO}: defaults: {err}") from err
