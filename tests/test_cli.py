@@ -102,3 +102,15 @@ def test_bad_input_gives_one_line_error_and_status_2(tmp_path, capsys):
     assert main(["compare", SCENE, "--out", str(tmp_path / "x.png"), "--methods", "dall-e"]) == 2
     assert "--methods takes" in capsys.readouterr().err
     assert not (tmp_path / "x.png").exists()
+
+
+def test_an_unexpected_error_keeps_its_traceback(monkeypatch, tmp_path):
+    """Only errors in what the user gave become an `error:` line; a bug is not hidden behind one."""
+    import finecontrol.cli as cli
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(cli, "mask_previews", broken)
+    with pytest.raises(RuntimeError, match="a bug"):
+        main(["masks", SCENE, "--out", str(tmp_path / "m.png")])

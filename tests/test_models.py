@@ -4,6 +4,7 @@ import pytest
 import torch
 from conftest import assert_close
 
+from finecontrol.model_info import ModelInfo
 from finecontrol.models import TINY_TOKENIZER, TINY_WORDS, ModelNotAvailableError, load_model, tiny_tokenizer
 from finecontrol.settings import Settings
 from finecontrol.tokenizer import write_tokenizer
@@ -62,3 +63,24 @@ def test_unreachable_hub_fails_fast_without_offline_flag(monkeypatch, tmp_path):
 def test_missing_local_folder_is_named(tmp_path):
     with pytest.raises(ModelNotAvailableError, match="does not exist"):
         load_model(str(tmp_path / "nothing"), device="cpu")
+
+
+@pytest.mark.parametrize(
+    "info, message",
+    [
+        ({"stick_widht": 1}, "unknown key.*stick_widht"),
+        ({"stick_width": 0}, "stick_width must be a positive whole number"),
+        ({"defaults": {"guidance": 3.0}}, "defaults: unknown settings: guidance"),
+        ({"defaults": {"steps": 0}}, "defaults: steps must be"),
+    ],
+)
+def test_model_info_refuses_unknown_keys_and_bad_values_by_name(info, message):
+    with pytest.raises(ValueError, match=message):
+        ModelInfo.from_dict(info)
+
+
+def test_a_folder_with_a_misspelt_model_info_key_does_not_load(tiny, tmp_path):
+    tiny.save_pretrained(tmp_path / "model")
+    (tmp_path / "model" / "finecontrol.json").write_text('{"resolution": 128, "joint_raduis": 2}')
+    with pytest.raises(ValueError, match="unknown key.*joint_raduis"):
+        load_model(str(tmp_path / "model"), device="cpu")
