@@ -126,8 +126,7 @@ def test_build_a_scene_drag_a_joint_undo_and_redo(page):
 
 def set_seed(page, seed: int) -> None:
     """Open the Advanced settings and type a seed, waiting for the panel to show its default first
-    and for the typed value to stay (once, on a loaded machine, a generation got seed 0 after the
-    seed was typed straight after opening the panel)."""
+    and checking that the typed value stays."""
     page.click("text=Advanced settings")
     seed_input = page.locator("#seed input")
     expect(seed_input).to_have_value("0")
