@@ -57,7 +57,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("finecontrol").setLevel(logging.INFO)  # ours at INFO; libraries' (httpx...) at WARNING
     args = parse_args()
     engine = Engine.load(args.model, args.controlnet)
     if engine.error:
