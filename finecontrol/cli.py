@@ -15,18 +15,20 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+import torch
 from PIL import Image
 
 from finecontrol.model_info import ModelInfo
 from finecontrol.models import TOY_MODEL, ModelNotAvailableError
 from finecontrol.render import labelled_grid, mask_previews
 from finecontrol.scene import Scene, SceneError, load_scene
-from finecontrol.settings import COMPARED_METHODS, METHODS, Settings, knobs, random_seed
+from finecontrol.settings import COMPARED_METHODS, METHODS, Settings, SettingsError, knobs, random_seed
 
 _DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
-# Errors in what the user gave (a scene, a setting, a model that is not here): one `error:` line.
-# Anything else is a bug and keeps its traceback.
-_USER_ERRORS = (SceneError, ValueError, ModelNotAvailableError)
+# Errors in what the user gave or has (a scene, a setting, a model that is not here, a file that
+# cannot be read or written, a GPU without the memory): one `error:` line. Anything else is a bug
+# and keeps its traceback.
+_USER_ERRORS = (SceneError, SettingsError, ModelNotAvailableError, OSError, torch.OutOfMemoryError)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -87,7 +89,7 @@ def _settings_flags(parser: argparse.ArgumentParser, names: list[str]) -> None:
     for name in names:
         knob = knobs()[name]
         default = "the PNG's, else random" if name == "seed" else _shown(getattr(paper, name))
-        if name in toy:
+        if name in toy and toy[name] != getattr(paper, name):
             default += f"; toy: {_shown(toy[name])}"
         parser.add_argument(
             f"--{knob.flag}",
@@ -166,11 +168,11 @@ def _compare(args: argparse.Namespace) -> int:
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = [m for m in methods if m not in METHODS]
     if unknown or not methods:
-        raise ValueError(f"--methods takes a comma-separated list of {', '.join(METHODS)}; got {args.methods!r}")
+        raise SettingsError(f"--methods takes a comma-separated list of {', '.join(METHODS)}; got {args.methods!r}")
     try:
         seeds = [int(s) for s in args.seeds.split(",")]
     except ValueError as err:
-        raise ValueError(f"--seeds takes comma-separated whole numbers, got {args.seeds!r}") from err
+        raise SettingsError(f"--seeds takes comma-separated whole numbers, got {args.seeds!r}") from err
     args.out.parent.mkdir(parents=True, exist_ok=True)
     pipe = _load(args)
     base = _settings(args, stored, pipe.default_settings())
@@ -185,10 +187,10 @@ def _compare(args: argparse.Namespace) -> int:
 
 
 def _masks(args: argparse.Namespace) -> int:
-    scene = _read_input(args.scene)[0]
+    scene, stored = _read_input(args.scene)
     if not scene.people:
         raise SceneError("the scene has no people: add at least one person")
-    settings = _settings(args, Settings(), Settings())
+    settings = _settings(args, stored or Settings(), Settings())  # a PNG's own mask settings, then the flags
     panels = mask_previews(
         [p.keypoints for p in scene.people],
         (scene.width, scene.height),

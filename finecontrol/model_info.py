@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from finecontrol.render import ANNOTATOR_JOINT_RADIUS, ANNOTATOR_STICK_WIDTH
-from finecontrol.settings import Settings
+from finecontrol.settings import Settings, SettingsError
 
 MODEL_INFO = "finecontrol.json"
 
@@ -40,9 +40,9 @@ class ModelInfo:
         for name in ("stick_width", "joint_radius") + (("resolution",) if self.resolution is not None else ()):
             value = getattr(self, name)
             if not (isinstance(value, int) and not isinstance(value, bool) and value > 0):
-                raise ValueError(f"{MODEL_INFO}: {name} must be a positive whole number, got {value!r}")
+                raise SettingsError(f"{MODEL_INFO}: {name} must be a positive whole number, got {value!r}")
         if not all(isinstance(word, str) for word in self.vocabulary):
-            raise ValueError(f"{MODEL_INFO}: vocabulary must be a list of words")
+            raise SettingsError(f"{MODEL_INFO}: vocabulary must be a list of words")
         self.default_settings()  # refuses unknown or invalid defaults, by name
 
     @classmethod
@@ -51,7 +51,7 @@ class ModelInfo:
         known = [f.name for f in fields(cls)]
         unknown = sorted(set(values) - set(known))
         if unknown:
-            raise ValueError(f"{MODEL_INFO}: unknown key(s) {', '.join(unknown)}; known: {', '.join(known)}")
+            raise SettingsError(f"{MODEL_INFO}: unknown key(s) {', '.join(unknown)}; known: {', '.join(known)}")
         return cls(**values)
 
     @classmethod
@@ -69,5 +69,5 @@ class ModelInfo:
         """The paper's defaults with this model's `defaults` applied."""
         try:
             return Settings.from_dict({**Settings().to_dict(), **self.defaults})
-        except ValueError as err:
-            raise ValueError(f"{MODEL_INFO}: defaults: {err}") from err
+        except SettingsError as err:
+            raise SettingsError(f"{MODEL_INFO}: defaults: {err}") from err

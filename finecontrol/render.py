@@ -135,11 +135,12 @@ def hard_masks(raw: torch.Tensor, temperature: float) -> torch.Tensor:
     """Early-step masks: one-hot argmax over people wherever some R_i > 0; softmax (1/N each) on
     the background where every R_i = 0.
 
-    Ties go to the person with the smaller total raw-mask area, whatever the order of people. This
-    is our rule, not the original's as it runs: the original adds 1 / (1e12 * area_i) to each mask
-    before its argmax, apparently for the same purpose, but in float32 that term is below the
-    precision of values near 1, so there ties go to the lowest-indexed person and the image depends
-    on the order of people (docs/method.md, "Ties").
+    Ties go to the person with the smaller total raw-mask area, whatever the order of people (only
+    between people of exactly equal area does the first listed win). This is our rule, not the
+    original's as it runs: the original adds 1 / (1e12 * area_i) to each mask before its argmax,
+    apparently for the same purpose, but in float32 that term is below the precision of values near
+    1, so there ties go to the lowest-indexed person and the image depends on the order of people
+    (docs/method.md, "Ties").
     """
     # Our tie rule (docs/method.md, "Ties"): argmax returns the first maximum, so listing people by
     # increasing raw-mask area gives ties to the smaller person; stable, so equal areas keep their order.

@@ -28,8 +28,9 @@ class Knob:
 
     `kind` is "choice", "int", "number" or "text"; `low`..`high` the valid range of numbers;
     `flag` the command-line flag (None: not on the command line); `widget` the app's control
-    ("dropdown", "slider", "number", "text"; None: not in the app), shown with `label`, a slider
-    going up to `ui_max` (when narrower than the valid range) in steps of `ui_step`.
+    ("dropdown", "slider", "number", "text"; None: not in the app), shown with `label`; a slider
+    spans the whole valid range in steps of `ui_step`, and `ui_none` is the control's value that
+    stands for None (the automatic value) where the field has one.
     """
 
     help: str
@@ -41,8 +42,8 @@ class Knob:
     flag: str | None = None
     widget: str | None = None
     label: str = ""
-    ui_max: float | None = None
     ui_step: float | None = None
+    ui_none: float | None = None
 
 
 def _knob(default: Any, **knob: Any) -> Any:
@@ -80,7 +81,6 @@ class Settings:
         flag="steps",
         widget="slider",
         label="Steps",
-        ui_max=100,
         ui_step=1,
         help="denoising steps (ddim-original runs one more when they do not divide 1000, as the original)",
     )
@@ -93,7 +93,6 @@ class Settings:
         flag="guidance",
         widget="slider",
         label="Guidance scale",
-        ui_max=20,
         ui_step=0.5,
         help="classifier-free guidance scale",
     )
@@ -106,7 +105,6 @@ class Settings:
         flag="strength",
         widget="slider",
         label="Control strength (people without their own)",
-        ui_max=3,
         ui_step=0.05,
         help="ControlNet scale for people without their own control_strength",
     )
@@ -137,16 +135,16 @@ class Settings:
     mask_dilation: int | None = _knob(
         None,
         kind="int",
-        low=0,
+        low=1,
         high=512,
         paper="shorter side // 8, made odd",
         flag="dilation",
         widget="slider",
         label="Mask dilation, px (0: automatic, shorter side / 8)",
-        ui_max=255,
         ui_step=1,
-        help="square dilation kernel of the person masks, pixels; none: the image's shorter side // 8, "
-        "made odd (65 at 512x512 and 512x768, 97 at 768x768)",
+        ui_none=0,
+        help="square dilation kernel of the person masks, pixels (1: none); automatic: the image's shorter "
+        "side // 8, made odd (65 at 512x512 and 512x768, 97 at 768x768)",
     )
     mask_blur: float = _knob(
         1.0,
@@ -157,7 +155,6 @@ class Settings:
         flag="blur",
         widget="slider",
         label="Mask blur sigma, px",
-        ui_max=8,
         ui_step=0.5,
         help="Gaussian blur sigma of the person masks, pixels",
     )
@@ -272,6 +269,10 @@ def _validate(name: str, knob: Knob, value: Any, nullable: bool) -> None:
         _check(isinstance(value, str), f"{name} must be text, got {value!r}")
 
 
+class SettingsError(ValueError):
+    """A setting (or a model's declared default) that is not valid, with what is expected."""
+
+
 def _check(ok: bool, message: str) -> None:
     if not ok:
-        raise ValueError(message)
+        raise SettingsError(message)

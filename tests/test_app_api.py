@@ -55,12 +55,12 @@ def test_each_advanced_control_sets_the_setting_its_label_names(client):
     wanted = Settings(
         method="multicontrolnet",
         steps=3,
-        guidance_scale=4.5,
-        control_strength=0.7,
+        guidance_scale=25.0,  # values up to each setting's valid maximum reach the engine
+        control_strength=4.0,
         harmony=0.25,
         temperature=0.01,
-        mask_dilation=33,
-        mask_blur=2.5,
+        mask_dilation=300,
+        mask_blur=10.0,
         seed=7,
         scheduler="unipc",
         quality_suffix="sharp",

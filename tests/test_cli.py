@@ -114,3 +114,9 @@ def test_an_unexpected_error_keeps_its_traceback(monkeypatch, tmp_path):
     monkeypatch.setattr(cli, "mask_previews", broken)
     with pytest.raises(RuntimeError, match="a bug"):
         main(["masks", SCENE, "--out", str(tmp_path / "m.png")])
+
+
+def test_an_unwritable_output_is_a_one_line_error(tmp_path, capsys):
+    (tmp_path / "a-file").write_text("not a folder")
+    assert main(["masks", SCENE, "--out", str(tmp_path / "a-file" / "masks.png")]) == 2
+    assert capsys.readouterr().err.startswith("error: ")

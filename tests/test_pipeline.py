@@ -372,6 +372,7 @@ def test_empty_scene_is_refused_with_a_clear_message(tiny):
         (dict(width=100, height=100), "multiple of 8"),
         (dict(width=128), "together"),
         (dict(seed=-1), "seed must be"),
+        (dict(mask_dilation=0), "mask_dilation must be a whole number in 1..512"),
     ],
 )
 def test_settings_are_validated(bad, message):

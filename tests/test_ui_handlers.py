@@ -1,6 +1,7 @@
 """The app's event handlers, called directly with the tiny model."""
 
 import json
+from dataclasses import replace
 
 import gradio as gr
 import numpy as np
@@ -139,6 +140,20 @@ def test_importing_a_png_restores_scene_and_settings(tmp_path):
     value, setting, negative, *knobs = handlers.import_file(str(tmp_path / "made.png"))
     assert value == TWO.to_dict() and setting == TWO.setting
     assert handlers.parse_settings(*knobs) == settings
+
+
+def test_importing_a_png_warns_about_settings_the_panel_does_not_offer(tmp_path, monkeypatch):
+    warnings = []
+    monkeypatch.setattr(handlers.gr, "Warning", warnings.append)
+    made = Settings(width=256, height=128, eta=0.5, mask_dilation=1, guidance_scale=25.0)
+    save_png(Image.new("RGB", (8, 8)), tmp_path / "cli.png", TWO, made)
+    value, setting, negative, *knobs = handlers.import_file(str(tmp_path / "cli.png"))
+    assert warnings == [
+        "cli.png was made with width 256, height 128, eta 0.5, which this app does not offer: generating here "
+        "uses the defaults instead. `python -m finecontrol generate cli.png` reproduces it."
+    ]
+    # everything the panel offers comes back as made, dilation 1 (none) included
+    assert handlers.parse_settings(*knobs) == replace(made, width=None, height=None, eta=0.0)
 
 
 def test_importing_plain_openpose_json_leaves_the_settings_alone(tmp_path):

@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from finecontrol.model_info import ModelInfo
 from finecontrol.toyworld.world import (
     JOINT_RADIUS,
     SIZE,
@@ -523,16 +524,16 @@ def train(out: Path | str, resume: bool = False, checkpoint: Path | str | None =
         module.to(torch.float16).save_pretrained(out / name)
     tokenizer.save_pretrained(out / "tokenizer")
     DDIMScheduler.from_config(scheduler.config).save_pretrained(out / "scheduler")
-    info = {
-        "resolution": SIZE,
-        "stick_width": STICK_WIDTH,
-        "joint_radius": JOINT_RADIUS,
-        "vocabulary": VOCABULARY,
-        "defaults": {"quality_suffix": "", "guidance_scale": 3.0, "control_strength": 1.0, "harmony": 0.0, "steps": 20},
-        "negative_prompt": "",
-        "training_minutes": round(minutes, 1),
-    }
-    (out / "finecontrol.json").write_text(json.dumps(info, indent=1) + "\n")
+    # what the app and the loader read; ModelInfo validates it (the toy model's own defaults included)
+    ModelInfo(
+        resolution=SIZE,
+        stick_width=STICK_WIDTH,
+        joint_radius=JOINT_RADIUS,
+        vocabulary=VOCABULARY,
+        defaults={"quality_suffix": "", "guidance_scale": 3.0, "control_strength": 1.0, "harmony": 0.0, "steps": 20},
+        negative_prompt="",
+        training_minutes=round(minutes, 1),
+    ).write(out)
     (out / "training_log.json").write_text(json.dumps(run.log) + "\n")
     record = {
         "config": asdict(config),

@@ -42,8 +42,8 @@ def knob_components(defaults: Settings, per_row: int = 3) -> dict[str, gr.compon
                     component = gr.Dropdown(list(knob.choices), value=value, label=knob.label, elem_id=elem_id)
                 elif knob.widget == "slider":
                     component = gr.Slider(
-                        knob.low,
-                        knob.high if knob.ui_max is None else knob.ui_max,
+                        knob.low if knob.ui_none is None else min(knob.low, knob.ui_none),
+                        knob.high,
                         value=value,
                         step=knob.ui_step,
                         label=knob.label,

@@ -36,14 +36,15 @@ from finecontrol.scene import (
     load_scene,
     scene_from_dict,
 )
-from finecontrol.settings import COMPARED_METHODS, MAX_SEED, Settings, knobs
+from finecontrol.settings import COMPARED_METHODS, MAX_SEED, Settings
+from finecontrol.settings import knobs as knobs_spec
 from finecontrol.ui.engine import Engine
 
 PRESETS = ASSETS / "scenes"
 PREVIEW_EVERY = 4  # steps between live previews
 # The Advanced panel's inputs, in order: the Settings fields the app offers (those with a widget).
-KNOB_FIELDS = tuple(name for name, knob in knobs().items() if knob.widget)
-_INTEGER_FIELDS = {name for name in KNOB_FIELDS if knobs()[name].kind == "int"}
+KNOB_FIELDS = tuple(name for name, knob in knobs_spec().items() if knob.widget)
+_INTEGER_FIELDS = {name for name in KNOB_FIELDS if knobs_spec()[name].kind == "int"}
 
 _OUTPUT_DIR = Path(tempfile.mkdtemp(prefix="finecontrol-"))
 # Generations run on one long-lived thread (the handler's own thread streams the previews), so
@@ -93,10 +94,11 @@ def parse_settings(*knobs: Any) -> Settings:
     """Settings from the Advanced panel's values (in KNOB_FIELDS order), with readable errors."""
     if len(knobs) != len(KNOB_FIELDS):
         raise gr.Error(f"expected {len(KNOB_FIELDS)} settings, got {len(knobs)}")
-    values = {}
+    values, knobs_by_name = {}, knobs_spec()
     for name, value in zip(KNOB_FIELDS, knobs):
-        if name == "mask_dilation" and value in (None, "", 0):
-            value = None  # automatic: the image's shorter side // 8, made odd
+        ui_none = knobs_by_name[name].ui_none
+        if ui_none is not None and value in (None, "", ui_none):
+            value = None  # the control's "automatic"
         elif name in _INTEGER_FIELDS:
             if isinstance(value, float) and math.isfinite(value) and value == int(value):
                 value = int(value)
@@ -108,11 +110,20 @@ def parse_settings(*knobs: Any) -> Settings:
 
 
 def knob_values(settings: Settings) -> list[Any]:
-    """The Advanced panel's values for `settings` (inverse of parse_settings; 0 = automatic dilation)."""
-    return [
-        0 if name == "mask_dilation" and settings.mask_dilation is None else getattr(settings, name)
-        for name in KNOB_FIELDS
-    ]
+    """The Advanced panel's values for `settings` (inverse of parse_settings; None shows as the
+    control's `ui_none`, e.g. 0 for automatic dilation)."""
+    spec = knobs_spec()
+    return [spec[name].ui_none if getattr(settings, name) is None else getattr(settings, name) for name in KNOB_FIELDS]
+
+
+def not_in_panel(settings: Settings) -> dict[str, Any]:
+    """The settings the Advanced panel does not offer whose values differ from the paper's defaults."""
+    paper = Settings()
+    return {
+        name: getattr(settings, name)
+        for name in knobs_spec()
+        if name not in KNOB_FIELDS and getattr(settings, name) != getattr(paper, name)
+    }
 
 
 def error_message(err: BaseException) -> str:
@@ -260,7 +271,8 @@ def export_scene(value: Any, setting: str, negative: str) -> str:
 
 def import_file(path: str | None) -> tuple:
     """Scene JSON, plain OpenPose JSON or a FineControl PNG -> (canvas, setting, negative, *knobs).
-    A PNG also restores the settings it was made with; JSON leaves them as they are."""
+    A PNG also restores the settings it was made with (a warning names those the panel does not
+    offer, such as a CLI --width); JSON leaves them as they are."""
     if not path:
         raise gr.Error("No file received.")
     try:
@@ -271,6 +283,12 @@ def import_file(path: str | None) -> tuple:
             scene, knobs = load_scene(path), [gr.skip()] * len(KNOB_FIELDS)
     except (SceneError, ValueError) as err:
         raise gr.Error(f"Could not import {Path(path).name}: {err}") from err
+    if Path(path).suffix.lower() == ".png" and (dropped := not_in_panel(settings)):
+        listed = ", ".join(f"{name} {value}" for name, value in dropped.items())
+        gr.Warning(
+            f"{Path(path).name} was made with {listed}, which this app does not offer: generating here "
+            f"uses the defaults instead. `python -m finecontrol generate {Path(path).name}` reproduces it."
+        )
     gr.Info(f"Imported {len(scene.people)} people from {Path(path).name}.")
     return (scene.to_dict(), scene.setting, scene.negative_prompt, *knobs)
 
