@@ -43,14 +43,15 @@ def main(argv: list[str] | None = None) -> int:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m finecontrol", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
+    toy = ModelInfo.read(TOY_MODEL).defaults if TOY_MODEL.is_dir() else {}  # for the help texts
 
     generate = commands.add_parser("generate", help="generate one image")
-    _common(generate)
-    _settings_flags(generate, ["method", "seed"])
+    _common(generate, toy)
+    _settings_flags(generate, ["method", "seed"], toy)
     generate.set_defaults(run=_generate)
 
     compare = commands.add_parser("compare", help="methods side by side over seeds, as a labelled grid")
-    _common(compare)
+    _common(compare, toy)
     compare.add_argument(
         "--methods",
         default=",".join(COMPARED_METHODS),
@@ -62,12 +63,12 @@ def _parser() -> argparse.ArgumentParser:
     masks = commands.add_parser("masks", help="skeletons over each person's mask, early and late steps")
     masks.add_argument("scene", type=Path)
     masks.add_argument("--out", type=Path, required=True)
-    _settings_flags(masks, ["mask_dilation", "mask_blur", "temperature"])
+    _settings_flags(masks, ["mask_dilation", "mask_blur", "temperature"], toy)
     masks.set_defaults(run=_masks)
     return parser
 
 
-def _common(parser: argparse.ArgumentParser) -> None:
+def _common(parser: argparse.ArgumentParser, toy: dict) -> None:
     parser.add_argument("scene", type=Path, help="scene JSON, OpenPose JSON or a FineControl PNG")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--model", help="toy, tiny, sd15, a hub id or a local folder (default: toy, else tiny)")
@@ -78,13 +79,14 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--dtype", choices=sorted(_DTYPES), help="weights and compute (default: float16 on CUDA, float32 on CPU)"
     )
-    _settings_flags(parser, [name for name, knob in knobs().items() if knob.flag and name not in ("method", "seed")])
+    _settings_flags(
+        parser, [name for name, knob in knobs().items() if knob.flag and name not in ("method", "seed")], toy
+    )
 
 
-def _settings_flags(parser: argparse.ArgumentParser, names: list[str]) -> None:
-    """One flag per Settings field, its help and defaults (the paper's; the toy model's where it
-    has its own) from the field's Knob."""
-    toy = ModelInfo.read(TOY_MODEL).defaults if TOY_MODEL.is_dir() else {}
+def _settings_flags(parser: argparse.ArgumentParser, names: list[str], toy: dict) -> None:
+    """One flag per Settings field, its help and defaults (the paper's; the toy model's, `toy`,
+    where it has its own) from the field's Knob."""
     paper = Settings()
     for name in names:
         knob = knobs()[name]

@@ -51,17 +51,17 @@ class MaskPyramid:
         return self._resized[size]
 
 
+def shared_composite(features: torch.Tensor, masks: MaskPyramid) -> torch.Tensor:
+    """The mask-weighted sum over the people of each half, given back to every person:
+    (G*N, C, h, w) -> (G*N, C, h, w), the masks resized to the features' grid."""
+    n = masks.masks.shape[0]
+    return masked_sum(features, masks.at(features.shape[-2:])).repeat_interleave(n, dim=0)
+
+
 def compose_residuals(down: list[torch.Tensor], masks: MaskPyramid, split: int) -> list[torch.Tensor]:
     """Replace each person's residual k < split by the mask-weighted sum over people, broadcast
     back to every person; residuals k >= split stay per person."""
-    n = masks.masks.shape[0]
-    out = []
-    for k, residual in enumerate(down):
-        if k < split:
-            composed = masked_sum(residual, masks.at(residual.shape[-2:]))
-            residual = composed.repeat_interleave(n, dim=0)
-        out.append(residual)
-    return out
+    return [shared_composite(residual, masks) if k < split else residual for k, residual in enumerate(down)]
 
 
 class FeatureComposer:
@@ -91,8 +91,7 @@ class FeatureComposer:
 
     def _compose_output(self, module: torch.nn.Module, args: tuple, output):
         sample = output[0] if isinstance(output, tuple) else output.sample
-        n = self.masks.masks.shape[0]
-        composed = masked_sum(sample, self.masks.at(sample.shape[-2:])).repeat_interleave(n, dim=0)
+        composed = shared_composite(sample, self.masks)
         if isinstance(output, tuple):
             return (composed, *output[1:])
         output.sample = composed

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import asdict, dataclass, field, fields
+from functools import cache
 from typing import Any
 
 from finecontrol.scene import MAX_CANVAS, MIN_CANVAS
@@ -242,8 +243,9 @@ def _field_docs() -> str:
 Settings.__doc__ += _field_docs()
 
 
+@cache
 def knobs() -> dict[str, Knob]:
-    """Every Settings field's Knob, in field order."""
+    """Every Settings field's Knob, in field order (built once; do not modify)."""
     return {f.name: f.metadata["knob"] for f in fields(Settings)}
 
 
