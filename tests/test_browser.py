@@ -125,9 +125,10 @@ def test_build_a_scene_drag_a_joint_undo_and_redo(page):
 
 
 def set_seed(page, seed: int) -> None:
-    """Open the Advanced settings and type a seed, waiting for the panel to show its default first
-    and checking that the typed value stays."""
+    """Open the Advanced settings and type a seed once the panel has settled (its components'
+    code loads when it first opens), checking that the typed value stays."""
     page.click("text=Advanced settings")
+    page.wait_for_load_state("networkidle")
     seed_input = page.locator("#seed input")
     expect(seed_input).to_have_value("0")
     seed_input.fill(str(seed))
