@@ -1,7 +1,12 @@
-"""Timings. `python -m finecontrol.benchmark [--model tiny] [--people 1,2,4]`: seconds per image
-by number of people (N template people side by side; median and best of `--repeats` after one
-warm-up). `python -m finecontrol.benchmark --app`: the app's start-up time (process start to the
-first page served) and, through its API, the masks-preview and generate latencies.
+"""Timings.
+
+`python -m finecontrol.benchmark --model sd15-random --size 512 --people 1,2,4 --flops --json OUT.json`:
+what one denoising step costs for each method and number of people: FLOPs against the method's
+floor (finecontrol: 2N x (UNet + ControlNet)), wall seconds (methods interleaved, median of
+repeats) and peak memory (finecontrol/costs.py). `--gpu` runs the prepared GPU report instead
+(finecontrol/gpu_report.py). `python -m finecontrol.benchmark --app`: the app's start-up time
+(process start to the first page served) and, through its API, the masks-preview and generate
+latencies.
 """
 
 from __future__ import annotations
@@ -13,56 +18,76 @@ import subprocess
 import sys
 import time
 import urllib.request
-from dataclasses import replace
+from pathlib import Path
 
-from finecontrol.models import load_model
-from finecontrol.pose import TEMPLATE_NAMES, template_pose
-from finecontrol.scene import Person, Scene
-from finecontrol.settings import METHODS, Settings
+from finecontrol.costs import crowd  # noqa: F401  (the benchmarks' scenes)
+from finecontrol.settings import COMPARED_METHODS, METHODS, Settings
 
 
-def crowd(n: int, width: int = 768, height: int = 512) -> Scene:
-    """N people spread evenly across the canvas."""
-    step = width / (n + 1)
-    people = [
-        Person(
-            template_pose(TEMPLATE_NAMES[i % len(TEMPLATE_NAMES)], step * (i + 1), height - 16, height * 0.8),
-            prompt=f"person {i + 1}",
-        )
-        for i in range(n)
-    ]
-    return Scene(width=width, height=height, people=people, setting="in a park")
+def _numbers(text: str) -> list[int]:
+    return [int(v) for v in text.split(",") if v.strip()]
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", default="tiny")
+    parser.add_argument("--model", default="tiny", help="tiny, sd15-random, toy, sd15, a hub id or a folder")
     parser.add_argument("--device")
-    parser.add_argument("--people", default="1,2,4")
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--method", default="finecontrol", choices=METHODS)
+    parser.add_argument("--dtype", choices=["fp32", "fp16", "bf16"])
+    parser.add_argument("--size", default="512", help="square canvas sides in pixels, comma-separated")
+    parser.add_argument("--people", default="1,2,4", help="numbers of people, comma-separated")
+    parser.add_argument("--methods", default=",".join(COMPARED_METHODS), help=f"of {', '.join(METHODS)}")
+    parser.add_argument("--guidance", type=float, default=Settings().guidance_scale, help="1 runs one half")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per configuration")
+    parser.add_argument("--flops", action="store_true", help="count FLOPs per step too")
+    parser.add_argument("--max-batch", type=int, help="most batch items per model call")
+    parser.add_argument("--json", type=Path, help="write the figures here (and a .md table beside it)")
+    parser.add_argument("--steps", type=int, default=20, help="--app: denoising steps per generation")
+    parser.add_argument("--method", default="finecontrol", choices=METHODS, help="--app: the method timed")
     parser.add_argument("--app", action="store_true", help="time the app instead of the engine")
-    args = parser.parse_args()
+    parser.add_argument("--gpu", action="store_true", help="the prepared GPU report (finecontrol/gpu_report.py)")
+    args = parser.parse_args(argv)
     if args.app:
         return benchmark_app(args)
+    if args.gpu:
+        from finecontrol.gpu_report import main as gpu_main
 
-    pipe = load_model(args.model, device=args.device)
-    print(f"model {args.model} on {pipe.device} ({pipe.dtype}), {args.steps} steps, method {args.method}")
-    for n in (int(v) for v in args.people.split(",")):
-        scene = crowd(n)
-        settings = Settings(method=args.method, steps=args.steps)
-        pipe(scene, replace(settings, steps=2))  # warm-up
-        times = []
-        for seed in range(args.repeats):
-            start = time.perf_counter()
-            pipe(scene, replace(settings, seed=seed))
-            times.append(time.perf_counter() - start)
-        width, height = pipe.generation_size(scene, settings)
-        print(
-            f"N={n}: {statistics.median(times):.2f} s/image median, {min(times):.2f} best "
-            f"({width}x{height}, {args.repeats} runs)"
+        return gpu_main(args)
+    cost(args)
+
+
+def cost(args: argparse.Namespace) -> None:
+    """Cost per denoising step of every method and number of people."""
+    import torch
+
+    from finecontrol import costs
+    from finecontrol.models import load_model
+
+    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}.get(args.dtype)
+    pipe = load_model(args.model, device=args.device, dtype=dtype)
+    pipe.max_batch = args.max_batch
+    env = {**costs.environment(pipe), "model": args.model}
+    print(f"model {args.model} on {env['device']} ({env['dtype']}, {env['threads']} threads)", flush=True)
+    settings = Settings(guidance_scale=args.guidance)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    units, rows = [], []
+    for size in _numbers(args.size):
+        unit, size_rows = costs.measure(
+            pipe,
+            size,
+            _numbers(args.people),
+            methods,
+            settings,
+            repeats=args.repeats,
+            count_flops=args.flops,
+            log=lambda text: print(text, flush=True),
         )
+        units.append(unit)
+        rows += size_rows
+    table = costs.markdown(units, rows, env)
+    print(table)
+    if args.json:
+        costs.write(args.json, units, rows, env)
+        print(f"wrote {args.json} and {args.json.with_suffix('.md')}")
 
 
 def benchmark_app(args: argparse.Namespace, port: int = 7899) -> None:

@@ -19,7 +19,8 @@ import torch
 from PIL import Image
 
 from finecontrol.model_info import ModelInfo
-from finecontrol.models import TOY_MODEL, ModelNotAvailableError
+from finecontrol.models import RANDOM_WEIGHT_MODELS, TOY_MODEL, ModelNotAvailableError
+from finecontrol.pipeline import NotEnoughMemoryError
 from finecontrol.render import labelled_grid, mask_previews
 from finecontrol.scene import Scene, SceneError, load_scene
 from finecontrol.settings import COMPARED_METHODS, METHODS, Settings, SettingsError, knobs, random_seed
@@ -28,7 +29,14 @@ _DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 # Errors in what the user gave or has (a scene, a setting, a model that is not here, a file that
 # cannot be read or written, a GPU without the memory): one `error:` line. Anything else is a bug
 # and keeps its traceback.
-_USER_ERRORS = (SceneError, SettingsError, ModelNotAvailableError, OSError, torch.OutOfMemoryError)
+_USER_ERRORS = (
+    SceneError,
+    SettingsError,
+    ModelNotAvailableError,
+    OSError,
+    torch.OutOfMemoryError,
+    NotEnoughMemoryError,
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -71,13 +79,23 @@ def _parser() -> argparse.ArgumentParser:
 def _common(parser: argparse.ArgumentParser, toy: dict) -> None:
     parser.add_argument("scene", type=Path, help="scene JSON, OpenPose JSON or a FineControl PNG")
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--model", help="toy, tiny, sd15, a hub id or a local folder (default: toy, else tiny)")
+    parser.add_argument(
+        "--model",
+        help="toy, tiny, sd15, sd15-random, a hub id or a local folder (default: toy, else tiny); "
+        "tiny and sd15-random have random weights: their images are noise",
+    )
     parser.add_argument(
         "--controlnet", help="OpenPose ControlNet hub id or folder (default: lllyasviel/control_v11p_sd15_openpose)"
     )
     parser.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
     parser.add_argument(
         "--dtype", choices=sorted(_DTYPES), help="weights and compute (default: float16 on CUDA, float32 on CPU)"
+    )
+    parser.add_argument(
+        "--max-batch",
+        type=int,
+        help="most branches per model call, to fit in memory; the image is the same "
+        "(default: all on CPU, what the free memory holds on CUDA)",
     )
     _settings_flags(
         parser, [name for name, knob in knobs().items() if knob.flag and name not in ("method", "seed")], toy
@@ -129,8 +147,14 @@ def _load(args: argparse.Namespace):
     from finecontrol.models import load_model, offline_default
 
     dtype = getattr(torch, _DTYPES[args.dtype]) if args.dtype else None
+    if args.max_batch is not None and args.max_batch < 1:
+        raise SettingsError(f"--max-batch must be at least 1, got {args.max_batch}")
     args.model = args.model or offline_default()
-    return load_model(args.model, controlnet=args.controlnet, device=args.device, dtype=dtype)
+    pipe = load_model(args.model, controlnet=args.controlnet, device=args.device, dtype=dtype)
+    pipe.max_batch = args.max_batch
+    if args.model in RANDOM_WEIGHT_MODELS:
+        print(f"note: {args.model} has random weights: its images are noise", file=sys.stderr)
+    return pipe
 
 
 class _Progress:

@@ -64,6 +64,10 @@ def compose_residuals(down: list[torch.Tensor], masks: MaskPyramid, split: int) 
     return [shared_composite(residual, masks) if k < split else residual for k, residual in enumerate(down)]
 
 
+class _SliceComposed(Exception):
+    """Raised by the composition hook to end a UNet call once its slice's share is added up."""
+
+
 class FeatureComposer:
     """Hooks that merge the people's branches inside the UNet; a context manager.
 
@@ -78,7 +82,10 @@ class FeatureComposer:
     branches share one feature map after each layer and differ only in what their own prompt
     (and, at low resolution, their own ControlNet residuals) adds to it.
 
-    Set `.masks` (a MaskPyramid of (N, h, w) masks) before each UNet call.
+    Set `.masks` (a MaskPyramid of (N, h, w) masks) before each UNet call. When the batch is too
+    big for one call, `compose_in_chunks` runs the UNet over slices of it and composes the same
+    feature by adding up each slice's share (the masked sum is linear; GroupNorm, which is not,
+    runs once on the total).
     """
 
     def __init__(self, unet: torch.nn.Module, every_layer: bool = False):
@@ -88,6 +95,11 @@ class FeatureComposer:
         self.layers = transformer_blocks(unet) if every_layer else []
         self.masks: MaskPyramid | None = None
         self._handles: list = []
+        # While composing in chunks: the number of halves, the composed feature summed so far and
+        # the batch index where the running slice starts.
+        self._halves: int | None = None
+        self._total: torch.Tensor | None = None
+        self._start = 0
 
     def _compose_output(self, module: torch.nn.Module, args: tuple, output):
         sample = output[0] if isinstance(output, tuple) else output.sample
@@ -98,7 +110,32 @@ class FeatureComposer:
         return output
 
     def _compose_final(self, module: torch.nn.Module, args: tuple) -> tuple:
-        return (masked_sum(args[0], self.masks.masks),)
+        if self._halves is None:
+            return (masked_sum(args[0], self.masks.masks),)
+        features, n = args[0], self.masks.masks.shape[0]
+        if self._total is None:
+            self._total = features.new_zeros((self._halves, *features.shape[1:]))
+        rows = torch.arange(self._start, self._start + features.shape[0], device=features.device)
+        weighted = features * self.masks.masks[rows % n][:, None].to(features.dtype)
+        self._total.index_add_(0, rows // n, weighted)
+        raise _SliceComposed  # the UNet's last layers run once, on the total
+
+    def compose_in_chunks(self, unet_call, spans: list[tuple[int, int]], halves: int) -> torch.Tensor:
+        """eps of each half, (halves, C, h, w), from `unet_call(start, stop)` run over each span of
+        the batch: the composed feature is summed over the slices, then the UNet's last layers
+        (`conv_norm_out`, `conv_act`, `conv_out`, as diffusers' UNet ends) run once on it."""
+        self._halves, self._total = halves, None
+        try:
+            for self._start, stop in spans:
+                try:
+                    unet_call(self._start, stop)
+                except _SliceComposed:
+                    pass
+            total = self._total
+        finally:
+            self._halves, self._total, self._start = None, None, 0
+        unet = self.unet
+        return unet.conv_out(unet.conv_act(unet.conv_norm_out.forward(total)))  # .forward: without our hook
 
     def __enter__(self) -> FeatureComposer:
         self._handles = [layer.register_forward_hook(self._compose_output) for layer in self.layers]

@@ -1,4 +1,4 @@
-"""Loading models: `tiny` (random weights built offline), hub ids or local folders.
+"""Loading models: `tiny` and `sd15-random` (random weights built offline), hub ids or local folders.
 
 A model is a FineControlPipeline: SD1.5-style components (VAE, CLIP text encoder and tokenizer,
 UNet, scheduler) plus an OpenPose ControlNet.
@@ -17,10 +17,12 @@ from finecontrol.paths import ASSETS
 from finecontrol.pipeline import FineControlPipeline
 
 TINY_TOKENIZER = ASSETS / "tokenizers" / "tiny"
+SD15_CONFIGS = ASSETS / "configs" / "sd15"
 TOY_MODEL = ASSETS / "models" / "toyworld"
 DEFAULT_BASE = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 DEFAULT_CONTROLNET = "lllyasviel/control_v11p_sd15_openpose"
 HUB_HOST = "huggingface.co"
+RANDOM_WEIGHT_MODELS = ("tiny", "sd15-random")  # their images are noise: for plumbing, cost and shapes
 TINY_RESOLUTION = 128  # pixels; 64x64 latents would make each CPU step ~10x slower
 
 # Words the tiny model's tokenizer keeps whole: those of the example scenes and the default
@@ -59,7 +61,7 @@ def load_model(
     device: str | torch.device | None = None,
     dtype: torch.dtype | None = None,
 ) -> FineControlPipeline:
-    """Load a model by name (`toy`, `tiny`, `sd15`), hub id or local folder.
+    """Load a model by name (`toy`, `tiny`, `sd15`, `sd15-random`), hub id or local folder.
 
     `name` is the base model (a diffusers Stable Diffusion 1.x folder or hub id); `controlnet`
     the OpenPose ControlNet, by default the base folder's `controlnet/` subfolder if it has one,
@@ -78,6 +80,8 @@ def load_model(
         name = str(TOY_MODEL)
     if name == "tiny":
         pipe = tiny_pipeline()
+    elif name == "sd15-random":
+        pipe = sd15_random_pipeline()
     else:
         base = DEFAULT_BASE if name == "sd15" else name
         if controlnet is None:
@@ -253,4 +257,33 @@ def tiny_pipeline(seed: int = 0) -> FineControlPipeline:
         controlnet=controlnet,
         scheduler=scheduler,
         info=ModelInfo(resolution=TINY_RESOLUTION),
+    )
+
+
+def sd15_random_pipeline(seed: int = 0) -> FineControlPipeline:
+    """Stable Diffusion 1.5 and ControlNet v1.1 OpenPose, their exact architectures (built from
+    the published configs in assets/configs/sd15) with random weights: for cost, memory and shape
+    checks without a download. Its images are noise. The tokenizer is the tiny model's (CLIP's
+    vocabulary cannot be downloaded here); its ids index the same 49408-row embedding."""
+    import json
+
+    from diffusers import AutoencoderKL, ControlNetModel, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    def config(name: str) -> dict:
+        return json.loads((SD15_CONFIGS / f"{name}.json").read_text())
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        parts = {
+            "vae": AutoencoderKL.from_config(config("vae")),
+            "text_encoder": CLIPTextModel(CLIPTextConfig(**config("text_encoder"))),
+            "unet": UNet2DConditionModel.from_config(config("unet")),
+            "controlnet": ControlNetModel.from_config(config("controlnet")),
+        }
+    return FineControlPipeline(
+        **parts,
+        tokenizer=tiny_tokenizer(),
+        scheduler=DDIMScheduler.from_config(config("scheduler")),
+        info=ModelInfo(resolution=512),
     )

@@ -10,11 +10,14 @@ one seed gives comparable images:
 - `controlnet`: one branch, one global prompt, all skeletons in one control image.
 - `multicontrolnet`: ControlNet once per person, residuals summed, one UNet pass with the global prompt.
 Every step makes one batched ControlNet call and one batched UNet call for all people and both
-classifier-free-guidance halves.
+classifier-free-guidance halves (one half when guidance_scale is 1: the unconditional half would
+not change eps). `max_batch` splits those calls into chunks when a batch would not fit in memory;
+the result is the same.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -32,6 +35,17 @@ from finecontrol.settings import COMPOSING_METHODS, Settings
 
 StepCallback = Callable[[int, int, torch.Tensor], None]
 """Called after each step with (step index from 0, total steps, current x0 estimate latents)."""
+
+PROMPT_CACHE_SIZE = 128  # distinct texts whose embeddings are kept (about 0.1 MB each for SD1.5 in fp16)
+# Bytes of activations one ControlNet + UNet branch (one batch item) needs at inference, per latent
+# pixel and per byte of the compute dtype: SD1.5 at 512 px in fp32 on CPU peaks 250 MiB above the
+# weights per item (16,000), plus half again for GPU workspaces and fragmentation. It sets the chunk
+# size on CUDA before any work starts; a step that still runs out of memory is retried in halves.
+ACTIVATION_BYTES_PER_LATENT_PIXEL = 24_000
+
+
+class NotEnoughMemoryError(RuntimeError):
+    """The generation cannot fit in the device's memory even one branch at a time."""
 
 
 @dataclass
@@ -67,7 +81,7 @@ def build_prompts(scene: Scene, quality_suffix: str) -> Prompts:
 class Generation:
     """An image and what explains it."""
 
-    image: Image.Image
+    image: Image.Image | None  # None when generated with decode=False
     latents: torch.Tensor
     control_image: np.ndarray
     person_control_images: list[np.ndarray]
@@ -84,6 +98,7 @@ class _Branches:
     """The batched inputs of one method, built once per generation (negative half first)."""
 
     people: int  # ControlNet copies per half
+    halves: int  # 2: unconditional then conditional; 1: conditional only (guidance_scale 1)
     controlnet_context: torch.Tensor
     control_images: torch.Tensor
     control_scales: torch.Tensor
@@ -112,6 +127,9 @@ class FineControlPipeline:
             raise ValueError("only epsilon-prediction models are supported")
         for module in (vae, text_encoder, unet, controlnet):
             module.eval().requires_grad_(False)
+        self.max_batch: int | None = None
+        """Most batch items per ControlNet/UNet call; None: all at once on CPU, what fits on CUDA."""
+        self._prompt_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
 
     @property
     def device(self) -> torch.device:
@@ -126,7 +144,12 @@ class FineControlPipeline:
             module.to(device)
             if dtype is not None and dtype != module.dtype:
                 module.to(dtype)
+        self.clear_caches()
         return self
+
+    def clear_caches(self) -> None:
+        """Forget cached prompt embeddings; call after changing the text encoder's weights."""
+        self._prompt_cache.clear()
 
     def save_pretrained(self, folder: str | Path) -> None:
         """Write every component in diffusers layout (plus `controlnet/` and `finecontrol.json`),
@@ -177,17 +200,27 @@ class FineControlPipeline:
         return scheduler
 
     def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
-        """CLIP embeddings (len(prompts), 77, D); each distinct text is encoded once."""
-        unique = list(dict.fromkeys(prompts))
-        ids = self.tokenizer(
-            unique,
-            padding="max_length",
-            max_length=self.tokenizer.model_max_length,
-            truncation=True,
-            return_tensors="pt",
-        ).input_ids
-        embeddings = self.text_encoder(ids.to(self.device))[0].to(self.dtype)
-        return embeddings[[unique.index(p) for p in prompts]]
+        """CLIP embeddings (len(prompts), 77, D). Each distinct text is encoded once and kept for
+        later calls (the last PROMPT_CACHE_SIZE texts), so re-generating with the same prompts
+        runs no text encoder."""
+        cache = self._prompt_cache
+        missing = [text for text in dict.fromkeys(prompts) if text not in cache]
+        if missing:
+            ids = self.tokenizer(
+                missing,
+                padding="max_length",
+                max_length=self.tokenizer.model_max_length,
+                truncation=True,
+                return_tensors="pt",
+            ).input_ids
+            embeddings = self.text_encoder(ids.to(self.device))[0].to(self.dtype)
+            cache.update(zip(missing, embeddings))
+        for text in prompts:
+            cache.move_to_end(text)
+        result = torch.stack([cache[text] for text in prompts])
+        while len(cache) > PROMPT_CACHE_SIZE:
+            cache.popitem(last=False)
+        return result
 
     def initial_latents(self, seed: int, size: tuple[int, int], init_noise_sigma: float) -> torch.Tensor:
         """Seeded noise (1, C, h, w), drawn on the CPU so a seed means the same image on any device."""
@@ -211,13 +244,16 @@ class FineControlPipeline:
         settings: Settings | None = None,
         latents: torch.Tensor | None = None,
         callback: StepCallback | None = None,
+        decode: bool = True,
     ) -> Generation:
-        """Generate one image of `scene`. `latents` overrides the seeded initial noise."""
+        """Generate one image of `scene`. `latents` overrides the seeded initial noise;
+        `decode=False` leaves `image` None (the final latents only)."""
         settings = settings or Settings()
         if not scene.people:
             raise SceneError("the scene has no people: add at least one person")
         width, height = self.generation_size(scene, settings)
         latent_size = (height // self.vae_scale, width // self.vae_scale)
+        chunk = self.chunk_size(settings, len(scene.people), latent_size)  # before any work: may refuse
         poses = [p.keypoints for p in scene.people]
         control_image, person_images, raw = scene_maps(
             poses,
@@ -248,8 +284,10 @@ class FineControlPipeline:
             for i, t in enumerate(scheduler.timesteps):
                 model_input = scheduler.scale_model_input(latents, t)
                 masks = branches.masks[int(uses_soft_masks(i, total, soft_steps))] if composing else None
-                e_neg, e_pos = self._predict_noise(settings.method, branches, model_input, t, masks, composer)
-                eps = e_neg + settings.guidance_scale * (e_pos - e_neg)  # classifier-free guidance on the composites
+                eps, chunk = self._predict_fitting(settings.method, branches, model_input, t, masks, composer, chunk)
+                if branches.halves == 2:  # classifier-free guidance on the composites
+                    e_neg, e_pos = eps[0:1], eps[1:2]
+                    eps = e_neg + settings.guidance_scale * (e_pos - e_neg)
                 if callback is not None:
                     # "predicted x0" of the DDIM paper's eq. 12: x0 = (z_t - sqrt(1 - a_t) eps) / sqrt(a_t),
                     # a_t = alpha_bar_t, the cumulative product of (1 - beta) (docs/method.md, "Samplers")
@@ -258,7 +296,7 @@ class FineControlPipeline:
                 latents = scheduler.step(eps, t, latents, **step_kwargs).prev_sample
 
         return Generation(
-            image=self.decode(latents),
+            image=self.decode(latents) if decode else None,
             latents=latents,
             control_image=control_image,
             person_control_images=person_images,
@@ -270,23 +308,62 @@ class FineControlPipeline:
             settings=settings,
         )
 
+    def chunk_size(self, settings: Settings, people: int, latent_size: tuple[int, int]) -> int:
+        """Batch items per ControlNet/UNet call: `max_batch` if set; on CUDA, as many as the free
+        memory holds (ACTIVATION_BYTES_PER_LATENT_PIXEL per item); on CPU, the whole batch.
+        Raises NotEnoughMemoryError when not even one item fits, or when finecontrol-all (which
+        composes every layer across a half's people) would need chunks smaller than one half."""
+        halves = guidance_halves(settings)
+        batch = halves * (1 if settings.method == "controlnet" else people)
+        chunk = self.max_batch or batch
+        if self.max_batch is None and self.device.type == "cuda":
+            per_item = ACTIVATION_BYTES_PER_LATENT_PIXEL * latent_size[0] * latent_size[1] * self.dtype.itemsize
+            free = torch.cuda.mem_get_info(self.device)[0]
+            free += torch.cuda.memory_reserved(self.device) - torch.cuda.memory_allocated(self.device)
+            chunk = int(0.9 * free // per_item)
+            if chunk < 1:
+                raise NotEnoughMemoryError(
+                    f"a {latent_size[1] * self.vae_scale}x{latent_size[0] * self.vae_scale} image needs about "
+                    f"{per_item / 2**30:.1f} GiB of GPU memory per branch and {free / 2**30:.1f} GiB are free: "
+                    f"use a smaller canvas size"
+                )
+        if settings.method == "finecontrol-all" and chunk < min(batch, people):
+            raise NotEnoughMemoryError(
+                f"finecontrol-all composes every layer across all {people} people at once, which needs "
+                f"batches of {people} and {chunk} fit: use finecontrol, fewer people or a smaller canvas"
+            )
+        return min(chunk, batch)
+
     def _branches(self, settings, scene, prompts, control_image, person_images, early, late) -> _Branches:
-        """Batched prompt embeddings, control images and scales for the method, negative half first."""
+        """Batched prompt embeddings, control images and scales for the method, negative half first
+        (and only the positive half when guidance_scale is 1)."""
+        halves = guidance_halves(settings)
+
+        def per_half(negative: list, positive: list) -> list:
+            return negative + positive if halves == 2 else positive
+
         if settings.method == "controlnet":
-            context = self.encode_prompts([prompts.global_negative, prompts.global_prompt])
-            images, scales = self._image_batch([control_image] * 2), self._scales([settings.control_strength] * 2)
-            return _Branches(1, context, images, scales, context)
+            context = self.encode_prompts(per_half([prompts.global_negative], [prompts.global_prompt]))
+            images = self._image_batch([control_image] * halves)
+            scales = self._scales([settings.control_strength] * halves)
+            return _Branches(1, halves, context, images, scales, context)
         people = len(scene.people)
         scales = [settings.control_strength if p.control_strength is None else p.control_strength for p in scene.people]
-        context = self.encode_prompts(prompts.people_negative + prompts.people)
+        context = self.encode_prompts(per_half(prompts.people_negative, prompts.people))
         if settings.method == "multicontrolnet":
-            unet_context = self.encode_prompts([prompts.global_negative, prompts.global_prompt])
+            unet_context = self.encode_prompts(per_half([prompts.global_negative], [prompts.global_prompt]))
             masks = []
         else:
             unet_context = context
             masks = [MaskPyramid(early.to(self.device, self.dtype)), MaskPyramid(late.to(self.device, self.dtype))]
         return _Branches(
-            people, context, self._image_batch(person_images * 2), self._scales(scales * 2), unet_context, masks
+            people,
+            halves,
+            context,
+            self._image_batch(person_images * halves),
+            self._scales(scales * halves),
+            unet_context,
+            masks,
         )
 
     def _image_batch(self, images: list[np.ndarray]) -> torch.Tensor:
@@ -296,28 +373,79 @@ class FineControlPipeline:
     def _scales(self, values: list[float]) -> torch.Tensor:
         return torch.tensor(values, device=self.device, dtype=self.dtype).view(-1, 1, 1, 1)
 
-    def _predict_noise(self, method, branches, latents, t, masks, composer) -> tuple[torch.Tensor, torch.Tensor]:
-        """Unconditional and conditional eps, (1, C, h, w) each, from one ControlNet and one UNet call."""
-        down, mid = self.controlnet(
-            latents.expand(2 * branches.people, -1, -1, -1),
-            t,
-            encoder_hidden_states=branches.controlnet_context,
-            controlnet_cond=branches.control_images,
-            conditioning_scale=branches.control_scales,
-            return_dict=False,
-        )
+    def _predict_fitting(self, method, branches, latents, t, masks, composer, chunk) -> tuple[torch.Tensor, int]:
+        """`_predict_noise`, retried with half the chunk size while the GPU runs out of memory;
+        returns eps and the chunk size that worked (kept for the next steps)."""
+        while True:
+            try:
+                return self._predict_noise(method, branches, latents, t, masks, composer, chunk), chunk
+            except torch.OutOfMemoryError as err:
+                smallest = branches.people if method == "finecontrol-all" else 1
+                if chunk // 2 < smallest:
+                    raise NotEnoughMemoryError(
+                        f"out of GPU memory with {chunk} branch(es) per model call, the fewest {method} "
+                        f"can run: use a smaller canvas or fewer people"
+                    ) from err
+                chunk //= 2
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+
+    def _predict_noise(self, method, branches, latents, t, masks, composer, chunk=None) -> torch.Tensor:
+        """eps of each guidance half, (halves, C, h, w) (unconditional first), from one ControlNet
+        and one UNet call over the whole batch, or calls of `chunk` items each."""
+        batch = branches.controlnet_context.shape[0]
+        chunk = chunk or batch
+        parts = [
+            self.controlnet(
+                latents.expand(stop - start, -1, -1, -1),
+                t,
+                encoder_hidden_states=branches.controlnet_context[start:stop],
+                controlnet_cond=branches.control_images[start:stop],
+                conditioning_scale=branches.control_scales[start:stop],
+                return_dict=False,
+            )
+            for start, stop in spans(batch, chunk)
+        ]
+        down, mid = parts[0] if len(parts) == 1 else _concat_residuals(parts)
         if method in COMPOSING_METHODS:
             down = compose_residuals(list(down), masks, self.split)
             composer.masks = masks
         elif method == "multicontrolnet":
             down = [sum_over_people(d, branches.people) for d in down]
             mid = sum_over_people(mid, branches.people)
-        eps = self.unet(
-            latents.expand(branches.unet_context.shape[0], -1, -1, -1),
-            t,
-            encoder_hidden_states=branches.unet_context,
-            down_block_additional_residuals=down,
-            mid_block_additional_residual=mid,
-            return_dict=False,
-        )[0]
-        return eps[0:1], eps[1:2]
+
+        def unet(start: int, stop: int) -> torch.Tensor:
+            return self.unet(
+                latents.expand(stop - start, -1, -1, -1),
+                t,
+                encoder_hidden_states=branches.unet_context[start:stop],
+                down_block_additional_residuals=[d[start:stop] for d in down],
+                mid_block_additional_residual=mid[start:stop],
+                return_dict=False,
+            )[0]
+
+        batch = branches.unet_context.shape[0]
+        if chunk >= batch:
+            return unet(0, batch)
+        if method == "finecontrol-all":  # every layer composes a half's people: chunks of whole halves
+            return torch.cat([unet(*span) for span in spans(batch, chunk // branches.people * branches.people)])
+        if composer is not None:
+            return composer.compose_in_chunks(unet, spans(batch, chunk), branches.halves)
+        return torch.cat([unet(*span) for span in spans(batch, chunk)])
+
+
+def guidance_halves(settings: Settings) -> int:
+    """2 (unconditional and conditional); 1 when guidance_scale is 1, where
+    eps = e_neg + 1 * (e_pos - e_neg) is e_pos and the unconditional half is not needed."""
+    return 1 if settings.guidance_scale == 1 else 2
+
+
+def spans(total: int, size: int) -> list[tuple[int, int]]:
+    """[start, stop) ranges of at most `size` covering range(total)."""
+    return [(start, min(start + size, total)) for start in range(0, total, size)]
+
+
+def _concat_residuals(parts: list) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """ControlNet outputs of consecutive chunks joined into those of the whole batch."""
+    down = [torch.cat(level) for level in zip(*(part[0] for part in parts))]
+    return down, torch.cat([part[1] for part in parts])

@@ -257,7 +257,7 @@ def test_every_layer_variant_composes_each_transformer_block_output_and_keeps_h_
         )
     for ours, expected in zip(residuals[0], compose_residuals(list(down), masks, tiny.split)):
         assert_close(ours, expected, atol=1e-6)
-    assert batched[0].shape == batched[1].shape == z.shape
+    assert batched.shape == (2, *z.shape[1:])
 
 
 def test_residual_split_keeps_the_three_lowest_resolution_residuals_per_person(tiny):
