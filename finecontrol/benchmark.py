@@ -30,28 +30,40 @@ def _numbers(text: str) -> list[int]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", default="tiny", help="tiny, sd15-random, toy, sd15, a hub id or a folder")
+    parser.add_argument(
+        "--model", help="tiny, sd15-random, toy, sd15, a hub id or a folder (default: tiny; --gpu: sd15-random)"
+    )
     parser.add_argument("--device")
-    parser.add_argument("--dtype", choices=["fp32", "fp16", "bf16"])
-    parser.add_argument("--size", default="512", help="square canvas sides in pixels, comma-separated")
-    parser.add_argument("--people", default="1,2,4", help="numbers of people, comma-separated")
+    parser.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], help="(default: the model's; --gpu: fp16)")
+    parser.add_argument("--size", help="square canvas sides in pixels, comma-separated (default: 512; --gpu: 512,768)")
+    parser.add_argument("--people", help="numbers of people, comma-separated (default: 1,2,4; --gpu: 1,2,4,8)")
     parser.add_argument("--methods", default=",".join(COMPARED_METHODS), help=f"of {', '.join(METHODS)}")
     parser.add_argument("--guidance", type=float, default=Settings().guidance_scale, help="1 runs one half")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per configuration")
     parser.add_argument("--flops", action="store_true", help="count FLOPs per step too")
     parser.add_argument("--max-batch", type=int, help="most batch items per model call")
     parser.add_argument("--json", type=Path, help="write the figures here (and a .md table beside it)")
-    parser.add_argument("--steps", type=int, default=20, help="--app: denoising steps per generation")
+    parser.add_argument("--steps", type=int, default=20, help="--app and --gpu: denoising steps per image")
     parser.add_argument("--method", default="finecontrol", choices=METHODS, help="--app: the method timed")
     parser.add_argument("--app", action="store_true", help="time the app instead of the engine")
     parser.add_argument("--gpu", action="store_true", help="the prepared GPU report (finecontrol/gpu_report.py)")
+    parser.add_argument("--variants", default="eager,channels_last,compile", help="--gpu: of those")
+    parser.add_argument("--budget", type=float, default=420, help="--gpu: seconds, after which the rest is skipped")
     args = parser.parse_args(argv)
     if args.app:
+        args.model, args.people = args.model or "tiny", args.people or "1,2,4"
         return benchmark_app(args)
     if args.gpu:
         from finecontrol.gpu_report import main as gpu_main
 
+        args.model, args.size, args.people = (
+            args.model or "sd15-random",
+            args.size or "512,768",
+            args.people or "1,2,4,8",
+        )
+        args.json = args.json or Path("gpu.json")
         return gpu_main(args)
+    args.model, args.size, args.people = args.model or "tiny", args.size or "512", args.people or "1,2,4"
     cost(args)
 
 
