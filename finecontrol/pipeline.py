@@ -313,6 +313,8 @@ class FineControlPipeline:
         memory holds (ACTIVATION_BYTES_PER_LATENT_PIXEL per item); on CPU, the whole batch.
         Raises NotEnoughMemoryError when not even one item fits, or when finecontrol-all (which
         composes every layer across a half's people) would need chunks smaller than one half."""
+        if self.max_batch is not None and (not isinstance(self.max_batch, int) or self.max_batch < 1):
+            raise ValueError(f"max_batch must be a whole number of at least 1 (or None), got {self.max_batch!r}")
         halves = guidance_halves(settings)
         batch = halves * (1 if settings.method == "controlnet" else people)
         chunk = self.max_batch or batch

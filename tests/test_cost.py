@@ -217,3 +217,32 @@ def test_sd15_random_has_the_published_architectures():
         "unet.json",
         "vae.json",
     ]
+
+
+def test_control_images_masks_and_their_resizes_are_made_once_per_call(tiny, two_people, monkeypatch):
+    """However many steps run: one set of maps, one batch of control images, one resize of each
+    mask set to each feature grid."""
+    import finecontrol.fusion as fusion_module
+
+    counts = {}
+
+    def counting(module, name):
+        original = getattr(module, name)
+
+        def wrapper(*args, **kwargs):
+            counts[name] = counts.get(name, 0) + 1
+            return original(*args, **kwargs)
+
+        monkeypatch.setattr(module, name, wrapper)
+
+    counting(pipeline_module, "scene_maps")
+    counting(fusion_module, "resize_masks")
+    counting(type(tiny), "_image_batch")
+    per_steps = {}
+    for steps in (2, 6):
+        counts.clear()
+        tiny(two_people, Settings(steps=steps, seed=1))
+        per_steps[steps] = dict(counts)
+    assert per_steps[2] == per_steps[6]
+    assert per_steps[6]["scene_maps"] == per_steps[6]["_image_batch"] == 1
+    assert per_steps[6]["resize_masks"] <= 2 * 4  # early and late masks, 4 feature grids at most
