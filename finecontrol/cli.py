@@ -19,13 +19,12 @@ import torch
 from PIL import Image
 
 from finecontrol.model_info import ModelInfo
-from finecontrol.models import RANDOM_WEIGHT_MODELS, TOY_MODEL, ModelNotAvailableError
+from finecontrol.models import DTYPES, RANDOM_WEIGHT_MODELS, TOY_MODEL, ModelNotAvailableError
 from finecontrol.pipeline import NotEnoughMemoryError
 from finecontrol.render import labelled_grid, mask_previews
 from finecontrol.scene import Scene, SceneError, load_scene
 from finecontrol.settings import COMPARED_METHODS, METHODS, Settings, SettingsError, knobs, random_seed
 
-_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 # Errors in what the user gave or has (a scene, a setting, a model that is not here, a file that
 # cannot be read or written, a GPU without the memory): one `error:` line. Anything else is a bug
 # and keeps its traceback.
@@ -89,7 +88,7 @@ def _common(parser: argparse.ArgumentParser, toy: dict) -> None:
     )
     parser.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
     parser.add_argument(
-        "--dtype", choices=sorted(_DTYPES), help="weights and compute (default: float16 on CUDA, float32 on CPU)"
+        "--dtype", choices=sorted(DTYPES), help="weights and compute (default: float16 on CUDA, float32 on CPU)"
     )
     parser.add_argument(
         "--max-batch",
@@ -142,11 +141,10 @@ def _settings(args: argparse.Namespace, stored: Settings | None, defaults: Setti
 
 
 def _load(args: argparse.Namespace):
-    import torch
 
     from finecontrol.models import load_model, offline_default
 
-    dtype = getattr(torch, _DTYPES[args.dtype]) if args.dtype else None
+    dtype = DTYPES[args.dtype] if args.dtype else None
     if args.max_batch is not None and args.max_batch < 1:
         raise SettingsError(f"--max-batch must be at least 1, got {args.max_batch}")
     args.model = args.model or offline_default()

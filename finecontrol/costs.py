@@ -109,10 +109,10 @@ def unit_cost(pipe: FineControlPipeline, size: int, repeats: int = 3) -> UnitCos
             flops[name] = counter.get_total_flops()
             times = []
             for _ in range(repeats):
-                _synchronize(pipe.device)
+                synchronize(pipe.device)
                 start = time.perf_counter()
                 call()
-                _synchronize(pipe.device)
+                synchronize(pipe.device)
                 times.append(time.perf_counter() - start)
             seconds[name] = statistics.median(times)
     return UnitCost(size, flops["unet"], flops["controlnet"], seconds["unet"], seconds["controlnet"])
@@ -137,12 +137,12 @@ def timed_run(pipe: FineControlPipeline, scene: Scene, settings: Settings) -> tu
     stamps = []
 
     def stamp(*_):
-        _synchronize(pipe.device)
+        synchronize(pipe.device)
         stamps.append(time.perf_counter())
 
-    before = _memory_reset(pipe.device)
+    before = memory_reset(pipe.device)
     pipe(scene, replace(settings, steps=TIMED_STEPS), callback=stamp, decode=False)
-    peak = _memory_peak(pipe.device) - before
+    peak = memory_peak(pipe.device) - before
     return [b - a for a, b in zip(stamps, stamps[1:])], peak
 
 
@@ -299,12 +299,12 @@ def write(path: Path, units: list[UnitCost], rows: list[StepCost], env: dict, ex
     path.with_suffix(".md").write_text(markdown(units, rows, env))
 
 
-def _synchronize(device: torch.device) -> None:
+def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
-def _memory_reset(device: torch.device) -> int:
+def memory_reset(device: torch.device) -> int:
     """Reset the peak-memory counter; return the memory in use now."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -326,7 +326,7 @@ def _release_free_heap() -> None:
         pass
 
 
-def _memory_peak(device: torch.device) -> int:
+def memory_peak(device: torch.device) -> int:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device)
     return _proc_status("VmHWM")

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import torch
 
-from finecontrol.costs import _memory_peak, _memory_reset, _synchronize, crowd
-from finecontrol.models import load_model
+from finecontrol.costs import crowd, memory_peak, memory_reset, synchronize
+from finecontrol.models import DTYPES, load_model
 from finecontrol.pipeline import FineControlPipeline
 from finecontrol.settings import Settings
 
@@ -50,20 +50,20 @@ def time_image(pipe: FineControlPipeline, scene, settings: Settings) -> dict:
     stamps = []
 
     def stamp(*_):
-        _synchronize(pipe.device)
+        synchronize(pipe.device)
         stamps.append(time.perf_counter())
 
     pipe.clear_caches()
-    before = _memory_reset(pipe.device)
+    before = memory_reset(pipe.device)
     start = time.perf_counter()
     result = pipe(scene, settings, callback=stamp)
-    _synchronize(pipe.device)
+    synchronize(pipe.device)
     seconds = time.perf_counter() - start
     intervals = [b - a for a, b in zip(stamps, stamps[1:])]
     return {
         "s_per_step": statistics.median(intervals) if intervals else seconds,
         "s_per_image": seconds,
-        "peak_bytes": _memory_peak(pipe.device) - before,
+        "peak_bytes": memory_peak(pipe.device) - before,
         "finite": bool(torch.isfinite(result.latents).all()),
     }
 
@@ -128,7 +128,7 @@ def main(args: argparse.Namespace) -> None:
     device = torch.device(args.device or "cuda")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--gpu needs a CUDA device (or --device cpu to try the code path)")
-    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype or "fp16"]
+    dtype = DTYPES[args.dtype or "fp16"]
     with torch.device(device):  # random weights drawn where they will live: fast on a GPU
         pipe = load_model(args.model, device=device, dtype=dtype)
     processors = {type(p).__name__ for p in pipe.unet.attn_processors.values()}

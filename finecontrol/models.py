@@ -23,6 +23,7 @@ DEFAULT_BASE = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 DEFAULT_CONTROLNET = "lllyasviel/control_v11p_sd15_openpose"
 HUB_HOST = "huggingface.co"
 RANDOM_WEIGHT_MODELS = ("tiny", "sd15-random")  # their images are noise: for plumbing, cost and shapes
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}  # as the CLIs spell them
 TINY_RESOLUTION = 128  # pixels; 64x64 latents would make each CPU step ~10x slower
 
 # Words the tiny model's tokenizer keeps whole: those of the example scenes and the default
