@@ -17,7 +17,7 @@ from finecontrol.models import DEFAULT_ANNOTATORS, offline_default
 from finecontrol.pipeline import Generation, StepCallback
 from finecontrol.scene import Scene
 from finecontrol.settings import Settings
-from finecontrol.ui.demo import CSS, build_demo
+from finecontrol.ui.demo import CSS, build_demo, queue
 from finecontrol.ui.engine import Engine
 
 log = logging.getLogger("finecontrol.app")
@@ -71,8 +71,7 @@ def main() -> None:
         return engine.pipe(scene, settings, callback=on_step)
 
     engine.run = run
-    demo = build_demo(engine, annotators=args.annotators)
-    demo.queue(max_size=20, default_concurrency_limit=1)
+    demo = queue(build_demo(engine, annotators=args.annotators), max_size=20)
     demo.launch(server_name=args.host, server_port=args.port, css=CSS)
 
 

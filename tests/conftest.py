@@ -43,10 +43,9 @@ def assert_close(a: torch.Tensor, b: torch.Tensor, atol: float) -> None:
 
 def _serve(engine):
     """FineControl Studio on `engine`, served on 127.0.0.1 until the generator closes."""
-    from finecontrol.ui.demo import CSS, build_demo
+    from finecontrol.ui.demo import CSS, build_demo, queue
 
-    demo = build_demo(engine)
-    demo.queue(max_size=20, default_concurrency_limit=1)
+    demo = queue(build_demo(engine))  # as app.py queues it
     _, url, _ = demo.launch(
         server_name="127.0.0.1", server_port=_free_port(), prevent_thread_lock=True, quiet=True, css=CSS
     )

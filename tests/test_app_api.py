@@ -1,6 +1,9 @@
 """The app's API, driven with gradio_client against the app served on 127.0.0.1."""
 
+import base64
+import io
 import json
+import time
 
 import pytest
 from gradio_client import Client, handle_file
@@ -9,6 +12,7 @@ from PIL import Image
 from finecontrol.metadata import read_png
 from finecontrol.scene import load_scene
 from finecontrol.settings import Settings, knobs
+from finecontrol.ui import handlers
 from finecontrol.ui.handlers import knob_values
 
 TWO = load_scene("assets/scenes/two_people.json")
@@ -19,14 +23,43 @@ def client(app_url):
     return Client(app_url, verbose=False)
 
 
+def inline(value: dict, kind: str) -> Image.Image:
+    """An image the app sent inside the update (a data URL, no file), decoded."""
+    header, data = value["url"].split(",", 1)
+    assert value["path"] is None and header == f"data:image/{kind};base64"
+    return Image.open(io.BytesIO(base64.b64decode(data)))
+
+
 def test_generate_returns_an_image_that_carries_its_scene(client):
     image, control, masks, prompts = client.predict(
         TWO.to_dict(), "in a forest", "", *knob_values(Settings(steps=4, seed=11)), api_name="/generate"
     )
     scene, settings = read_png(image)
     assert scene.people == TWO.people and settings.seed == 11
-    assert Image.open(control).size == Image.open(masks).size == (128, 88)
+    assert inline(control, "png").size == inline(masks, "png").size == (128, 88)
     assert "Person 2: `a samurai in red armor in a forest, best quality`" in prompts
+
+
+def test_previews_come_inline_and_only_the_result_png_is_a_file(client, monkeypatch):
+    """Previews (webp), the control map and the masks (png) travel in the updates themselves; the
+    one file to fetch is the result, the PNG that carries its scene."""
+    monkeypatch.setattr(handlers, "PREVIEW_MIN_SECONDS", 0)  # the app runs in this process
+    job = client.submit(TWO.to_dict(), "", "", *knob_values(Settings(steps=8, seed=2)), api_name="/generate")
+    image, control, masks, _ = job.result()
+    previews = [update[0] for update in job.outputs()[:-1]]
+    assert len(previews) == 1 and inline(previews[0], "webp").size == (128 // 8, 88 // 8)  # step 4 of 8
+    assert read_png(image)[1].seed == 2 and Image.open(image).format == "PNG"
+    assert inline(control, "png").mode == inline(masks, "png").mode == "RGB"
+
+
+def test_the_idle_app_hardly_uses_the_cpu(app_url):
+    """Gradio's queue polls every millisecond unless told otherwise (6.5 % of a core measured), which
+    slows a generation on 2 cores; the app polls every QUEUE_POLL_SECONDS (about 1.5 %; this process
+    serves two apps at most)."""
+    time.sleep(0.5)
+    cpu, wall = time.process_time(), time.perf_counter()
+    time.sleep(2)
+    assert (time.process_time() - cpu) / (time.perf_counter() - wall) < 0.04
 
 
 def test_generate_rejects_a_bad_scene_with_its_reason(client):
@@ -34,6 +67,11 @@ def test_generate_rejects_a_bad_scene_with_its_reason(client):
         client.predict(
             {"people": [{"pose_keypoints_2d": [1, 2, 3]}]}, "", "", *knob_values(Settings()), api_name="/generate"
         )
+
+
+def test_masks_preview_comes_inline(client):
+    masks = client.predict(TWO.to_dict(), "", "", *knob_values(Settings()), api_name="/masks")
+    assert inline(masks, "png").size == (2 * TWO.width + 8, TWO.height)
 
 
 def test_compare_returns_a_grid(client):

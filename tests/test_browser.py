@@ -1,6 +1,7 @@
 """End to end in a real browser: Debian's chromium driven by Playwright, against the app on
 127.0.0.1. In CI (CI=true) a missing browser is a failure, never a skip."""
 
+import base64
 import io
 import json
 import os
@@ -179,6 +180,36 @@ def test_toy_model_draws_each_typed_colour_on_its_own_skeleton(toy_page):
     assert score["setting"] and score["identity"] == [True, True, True], score
     if os.environ.get("FINECONTROL_SCREENSHOT"):
         page.screenshot(path=os.environ["FINECONTROL_SCREENSHOT"], full_page=True)
+
+
+def test_live_previews_show_in_the_result_box_then_the_png(page, tmp_path):
+    """The result box shows inline webp previews while the tiny model generates (20 steps), then
+    the result PNG, fetched as a file, which carries the scene."""
+    from finecontrol.metadata import read_png
+
+    add_person(page)
+    page.fill(".fc-card[data-index='0'] .fc-prompt", "a knight")
+    page.evaluate(
+        """() => {
+            window.fcShown = [];
+            const box = document.querySelector('#result');
+            const note = () => {
+                const img = box.querySelector('img');
+                if (img && img.src && img.src !== window.fcShown.at(-1)) window.fcShown.push(img.src);
+            };
+            new MutationObserver(note).observe(box, {subtree: true, childList: true, attributes: true});
+        }"""
+    )
+    page.click("#generate-button")
+    expect(page.locator("#prompts-used")).to_contain_text("a knight", timeout=120_000)
+    shown = page.evaluate("window.fcShown")
+    previews, final = shown[:-1], shown[-1]
+    assert previews and all(src.startswith("data:image/webp;base64,") for src in previews), shown
+    first = Image.open(io.BytesIO(base64.b64decode(previews[0].split(",", 1)[1])))
+    png = tmp_path / "result.png"
+    png.write_bytes(page.request.get(final).body())
+    assert first.size == tuple(side // 8 for side in Image.open(png).size)  # one pixel per latent cell
+    assert read_png(png)[0].people[0].prompt == "a knight"
 
 
 def test_empty_canvas_shows_an_error_and_keeps_the_scene(page):

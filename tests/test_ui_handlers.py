@@ -1,6 +1,7 @@
 """The app's event handlers, called directly with the tiny model."""
 
 import json
+import threading
 from dataclasses import replace
 
 import gradio as gr
@@ -90,10 +91,12 @@ def test_empty_canvas_is_refused_everywhere(engine):
             call()
 
 
-def test_generate_streams_previews_then_a_png_that_carries_its_scene(engine):
+def test_generate_streams_previews_then_a_png_that_carries_its_scene(engine, monkeypatch):
+    monkeypatch.setattr(handlers, "PREVIEW_MIN_SECONDS", 0)
     updates = run_generate(engine)
     previews, final = updates[:-1], updates[-1]
     assert len(previews) == 1 and isinstance(previews[0][0], Image.Image)  # step 4 of 8
+    assert previews[0][0].size == (128 // 8, 88 // 8)  # one pixel per latent cell: no VAE decode
     path, control, overlay, prompts = final
     scene, settings = read_png(path)
     assert scene.people == TWO.people and scene.setting == "in a forest"
@@ -242,8 +245,136 @@ def test_engine_that_cannot_load_says_why(monkeypatch, tmp_path):
     assert "could not be loaded" in engine.describe()
 
 
-def test_random_weight_model_is_labelled_as_such(engine):
-    assert "random weights" in engine.describe()
+@pytest.mark.parametrize("name", ["tiny", "sd15-random"])
+def test_random_weight_models_are_labelled_as_such(tiny, name):
+    text = Engine(name=name, pipe=tiny).describe()
+    assert f"`{name}`" in text and "random weights" in text and "noise" in text
+
+
+def test_trained_models_are_not_labelled_random(tiny):
+    assert "random" not in Engine(name="sd15", pipe=tiny).describe()
+
+
+class FakeClock:
+    """A clock that advances only when told (seconds)."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.mark.parametrize("seconds_per_step, expected_steps", [(0.03, [8, 16]), (0.1, [4, 8, 12, 16])])
+def test_previews_come_every_4_steps_and_at_least_min_seconds_apart(
+    tiny, monkeypatch, seconds_per_step, expected_steps
+):
+    """20 steps: a preview every PREVIEW_EVERY steps but the last, thinned to PREVIEW_MIN_SECONDS
+    (0.2 s) apart, counted from the start, on a fast model (0.03 s a step: steps 8 and 16 only)."""
+    clock = FakeClock()
+    monkeypatch.setattr(handlers, "_clock", clock)
+    latents = torch.zeros(1, 4, 2, 2)
+
+    def run(scene, settings, on_step):
+        for step in range(20):
+            clock.now += seconds_per_step
+            on_step(step, 20, latents + step)
+        return "done"
+
+    fake = Engine(name="tiny", pipe=tiny, run=run)
+    monkeypatch.setattr(fake, "preview", lambda x0: int(x0[0, 0, 0, 0]) + 1)  # the step it shows
+    *previews, result = handlers._run_with_previews(fake, TWO, Settings(steps=20), lambda *a, **k: None)
+    assert previews == expected_steps and result == "done"
+
+
+def test_a_preview_map_that_cannot_be_fitted_at_load_is_fitted_at_the_first_preview(tiny, monkeypatch, caplog):
+    """Where the model cannot run outside a generation (ZeroGPU), loading still succeeds."""
+    import finecontrol.models
+    import finecontrol.ui.engine as engine_module
+
+    fit = engine_module.previewer_for
+
+    def not_now(pipe):
+        raise RuntimeError("no GPU outside a generation")
+
+    monkeypatch.setattr(finecontrol.models, "load_model", lambda *a, **k: tiny)
+    monkeypatch.setattr(engine_module, "previewer_for", not_now)
+    engine = Engine.load("tiny")
+    assert engine.pipe is tiny and engine.error is None
+    assert "live previews not fitted at load (RuntimeError: no GPU outside a generation)" in caplog.text
+    monkeypatch.setattr(engine_module, "previewer_for", fit)
+    assert engine.preview(torch.zeros(1, 4, 3, 5)).size == (5, 3)
+
+
+def test_masks_preview_is_instant_while_a_generation_runs(tiny):
+    """Show masks runs on the torch thread between two steps of a running generation, rather than
+    after it."""
+    started, release = threading.Event(), threading.Event()
+
+    def run(scene, settings, on_step):
+        started.set()
+        for step in range(500):  # 5 s unless released
+            on_step(step, 500, None)
+            if release.wait(0.01):
+                break
+        return "done"
+
+    slow = Engine(name="tiny", pipe=tiny, run=run)
+    generation = threading.Thread(
+        target=lambda: list(handlers._run_with_previews(slow, TWO, Settings(), lambda *a, **k: None, previews=False))
+    )
+    generation.start()
+    assert started.wait(10)
+    image = handlers.masks_preview(canvas(), "", "", *KNOBS)
+    still_running = generation.is_alive()
+    release.set()
+    generation.join(10)
+    assert still_running and image.shape == (TWO.height, 2 * TWO.width + 8, 3)
+
+
+def test_every_torch_computation_runs_on_the_torch_thread(tiny, monkeypatch):
+    """Loading, fitting the previews, generating, previews, masks and pose detection all run on
+    the one torch thread (a second thread running torch made every step 2.6x slower on 2 cores)."""
+    import finecontrol.models
+    import finecontrol.ui.engine as engine_module
+    from finecontrol.ui.engine import TORCH_THREAD, on_torch_thread
+
+    threads = {}
+
+    def spy(name, fn):
+        def wrapped(*args, **kwargs):
+            threads.setdefault(name, set()).add(threading.current_thread().name)
+            return fn(*args, **kwargs)
+
+        return wrapped
+
+    monkeypatch.setattr(finecontrol.models, "load_model", spy("load", lambda *a, **k: tiny))
+    monkeypatch.setattr(engine_module, "previewer_for", spy("preview", engine_module.previewer_for))
+    monkeypatch.setattr(handlers, "mask_previews", spy("masks", handlers.mask_previews))
+    monkeypatch.setattr(handlers, "PREVIEW_MIN_SECONDS", 0)
+    engine = Engine.load("tiny")
+    engine.run = spy("generate", engine.run)
+    run_generate(engine, knobs=handlers.knob_values(Settings(steps=5)))
+    handlers.masks_preview(canvas(), "", "", *KNOBS)
+    with pytest.raises(gr.Error, match="No person found"):
+        handlers.pose_from_photo(spy("detect", lambda image: []), np.zeros((8, 8, 3), np.uint8), canvas(), "", "")
+    torch_thread = on_torch_thread(lambda: threading.current_thread().name)
+    assert torch_thread != threading.current_thread().name and TORCH_THREAD._max_workers == 1
+    assert threads == {name: {torch_thread} for name in ("load", "preview", "generate", "masks", "detect")}
+
+
+def test_app_serves_the_demo_with_the_apps_queue(tiny, monkeypatch):
+    """app.main launches the demo queued by demo.queue (Gradio's 1 ms polling slowed down)."""
+    import app
+    from finecontrol.ui.demo import QUEUE_POLL_SECONDS
+
+    launched = {}
+    monkeypatch.setattr(app.Engine, "load", classmethod(lambda cls, name, controlnet=None: cls(name=name, pipe=tiny)))
+    monkeypatch.setattr(gr.Blocks, "launch", lambda demo, **kwargs: launched.update(demo=demo, **kwargs))
+    monkeypatch.setattr("sys.argv", ["app.py", "--model", "tiny", "--port", "7111"])
+    app.main()
+    queue = launched["demo"]._queue
+    assert queue.sleep_when_free == QUEUE_POLL_SECONDS and queue.max_size == 20 and launched["server_port"] == 7111
 
 
 def test_app_model_default_follows_the_environment(monkeypatch):

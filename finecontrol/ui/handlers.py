@@ -13,7 +13,6 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -38,18 +37,19 @@ from finecontrol.scene import (
 )
 from finecontrol.settings import COMPARED_METHODS, MAX_SEED, Settings
 from finecontrol.settings import knobs as knobs_spec
-from finecontrol.ui.engine import Engine
+from finecontrol.ui.engine import TORCH_THREAD, Engine, on_torch_thread, run_between_steps
 
 PRESETS = ASSETS / "scenes"
 PREVIEW_EVERY = 4  # steps between live previews
+# ... and seconds at least: on 2 cores each preview (sent, received, shown) took about 20 ms from
+# the steps of a toy-model generation (20 steps in about 0.75 s): 2 previews there, not 4.
+PREVIEW_MIN_SECONDS = 0.2
+_clock = time.monotonic  # what the previews' spacing is timed with (tests replace it)
 # The Advanced panel's inputs, in order: the Settings fields the app offers (those with a widget).
 KNOB_FIELDS = tuple(name for name, knob in knobs_spec().items() if knob.widget)
 _INTEGER_FIELDS = {name for name in KNOB_FIELDS if knobs_spec()[name].kind == "int"}
 
 _OUTPUT_DIR = Path(tempfile.mkdtemp(prefix="finecontrol-"))
-# Generations run on one long-lived thread (the handler's own thread streams the previews), so
-# torch keeps a single CPU thread team instead of starting one per request.
-_WORKER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="finecontrol-generate")
 
 
 def _output_path(name: str, suffix: str) -> Path:
@@ -142,12 +142,14 @@ def masks_preview(value: Any, setting: str, negative: str, *knobs: Any) -> np.nd
     scene = parse_scene(value, setting, negative)
     require_people(scene)
     settings = parse_settings(*knobs)
-    early, late = mask_previews(
+    early, late = on_torch_thread(
+        mask_previews,
         [p.keypoints for p in scene.people],
         (scene.width, scene.height),
         settings.mask_dilation,
         settings.mask_blur,
         settings.temperature,
+        between_steps=True,  # "instant", even while a generation runs
     )
     return np.concatenate([early, np.full((early.shape[0], 8, 3), 255, np.uint8), late], axis=1)
 
@@ -173,13 +175,18 @@ def prompts_markdown(result: Generation) -> str:
 def _run_with_previews(
     engine: Engine, scene: Scene, settings: Settings, progress, label: str = "", previews: bool = True
 ) -> Iterator[Image.Image | Generation]:
-    """Run one generation on the worker thread; yield preview images while it runs (if `previews`),
-    then the result."""
+    """Run one generation on the torch thread; yield preview images while it runs (if `previews`:
+    every PREVIEW_EVERY steps, PREVIEW_MIN_SECONDS apart at least), then the result."""
     updates: queue.Queue = queue.Queue()
+    last_preview = _clock()
 
     def on_step(step: int, total: int, x0) -> None:
+        nonlocal last_preview
+        run_between_steps()  # masks previews or pose detection asked for meanwhile
         progress((step + 1, total), desc=f"{label}step {step + 1}/{total}")
-        if previews and (step + 1) % PREVIEW_EVERY == 0 and step + 1 < total:
+        due = (step + 1) % PREVIEW_EVERY == 0 and step + 1 < total
+        if previews and due and _clock() - last_preview >= PREVIEW_MIN_SECONDS:
+            last_preview = _clock()
             updates.put(("preview", engine.preview(x0)))
 
     def work() -> None:
@@ -188,7 +195,7 @@ def _run_with_previews(
         except BaseException as err:  # reported to the user below
             updates.put(("error", err))
 
-    _WORKER.submit(work)
+    TORCH_THREAD.submit(work)
     while True:
         kind, payload = updates.get()
         if kind == "error":
@@ -213,7 +220,7 @@ def generate(
     path = _output_path(f"finecontrol-{settings.method}-{settings.seed}", ".png")
     save_png(result.image, path, scene, settings, model=engine.name)
     size = (result.image.width, result.image.height)
-    overlay = mask_overlay(upsample_masks(result.early_masks, size), result.control_image)
+    overlay = on_torch_thread(lambda: mask_overlay(upsample_masks(result.early_masks, size), result.control_image))
     yield str(path), result.control_image, overlay, prompts_markdown(result)
 
 
@@ -329,7 +336,7 @@ def pose_from_photo(
         raise gr.Error("Upload a photo first.")
     scene = parse_scene(value, setting, negative)
     try:
-        bodies = detect(image)
+        bodies = on_torch_thread(detect, image, between_steps=True)
     except Exception as err:
         raise gr.Error(f"Pose detection is not available: {err}") from err
     found = [
