@@ -22,7 +22,7 @@ from finecontrol.model_info import ModelInfo
 from finecontrol.models import DTYPES, RANDOM_WEIGHT_MODELS, TOY_MODEL, ModelNotAvailableError
 from finecontrol.pipeline import NotEnoughMemoryError
 from finecontrol.render import labelled_grid, mask_previews
-from finecontrol.scene import Scene, SceneError, load_scene
+from finecontrol.scene import Scene, SceneError, brief, load_scene
 from finecontrol.settings import COMPARED_METHODS, METHODS, Settings, SettingsError, knobs, random_seed
 
 # Errors in what the user gave or has (a scene, a setting, a model that is not here, a file that
@@ -128,8 +128,25 @@ def _read_input(path: Path) -> tuple[Scene, Settings | None]:
     if path.suffix.lower() == ".png":
         from finecontrol.metadata import read_png
 
-        return read_png(path)
-    return load_scene(path), None
+        scene, settings = read_png(path)
+    else:
+        scene, settings = load_scene(path), None
+    for note in scene.notes:
+        print(f"note: {note}", file=sys.stderr)
+    return scene, settings
+
+
+def _check_out(path: Path, png: bool = True) -> None:
+    """Refuse an --out that cannot be written as asked before any work starts: a directory, or
+    (`png`) a name that is not .png, since only a PNG carries the scene and settings."""
+    if path.is_dir():
+        raise SettingsError(f"--out {path} is a folder: give a file name, e.g. {path / 'out.png'}")
+    if png and path.suffix.lower() != ".png":
+        raise SettingsError(
+            f"--out {path}: FineControl writes PNGs, which carry the scene and settings; use a .png name"
+        )
+    if not png and Image.registered_extensions().get(path.suffix.lower()) not in Image.SAVE:
+        raise SettingsError(f"--out {path}: unknown image type {path.suffix!r}; use .png, .jpg or .webp")
 
 
 def _settings(args: argparse.Namespace, stored: Settings | None, defaults: Settings) -> Settings:
@@ -140,13 +157,16 @@ def _settings(args: argparse.Namespace, stored: Settings | None, defaults: Setti
     return replace(stored or defaults, **changes)
 
 
-def _load(args: argparse.Namespace):
+def _load(args: argparse.Namespace, stored: Settings | None):
+    """The model, once the flags are known to be valid with the settings they change (checked
+    before loading, which takes seconds)."""
 
     from finecontrol.models import load_model, offline_default
 
     dtype = DTYPES[args.dtype] if args.dtype else None
     if args.max_batch is not None and args.max_batch < 1:
         raise SettingsError(f"--max-batch must be at least 1, got {args.max_batch}")
+    _settings(args, stored, Settings())  # the flags' values, validated now
     args.model = args.model or offline_default()
     pipe = load_model(args.model, controlnet=args.controlnet, device=args.device, dtype=dtype)
     pipe.max_batch = args.max_batch
@@ -173,9 +193,10 @@ class _Progress:
 def _generate(args: argparse.Namespace) -> int:
     from finecontrol.metadata import save_png
 
+    _check_out(args.out)
     scene, stored = _read_input(args.scene)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    pipe = _load(args)
+    pipe = _load(args, stored)
     settings = _settings(args, stored, pipe.default_settings())
     progress = _Progress(len(pipe.timestep_scheduler(settings).timesteps))
     result = pipe(scene, settings, callback=progress)
@@ -188,17 +209,22 @@ def _generate(args: argparse.Namespace) -> int:
 def _compare(args: argparse.Namespace) -> int:
     from finecontrol.metadata import save_png
 
+    _check_out(args.out)
     scene, stored = _read_input(args.scene)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = [m for m in methods if m not in METHODS]
     if unknown or not methods:
-        raise SettingsError(f"--methods takes a comma-separated list of {', '.join(METHODS)}; got {args.methods!r}")
+        raise SettingsError(
+            f"--methods takes a comma-separated list of {', '.join(METHODS)}; got {brief(args.methods)}"
+        )
     try:
         seeds = [int(s) for s in args.seeds.split(",")]
     except ValueError as err:
-        raise SettingsError(f"--seeds takes comma-separated whole numbers, got {args.seeds!r}") from err
+        raise SettingsError(f"--seeds takes comma-separated whole numbers, got {brief(args.seeds)}") from err
+    for seed in seeds:
+        replace(Settings(), seed=seed)  # each seed valid before the model loads
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    pipe = _load(args)
+    pipe = _load(args, stored)
     base = _settings(args, stored, pipe.default_settings())
     runs = [[replace(base, method=m, seed=s) for m in methods] for s in seeds]
     progress = _Progress(len(pipe.timestep_scheduler(base).timesteps) * len(methods) * len(seeds))
@@ -211,6 +237,7 @@ def _compare(args: argparse.Namespace) -> int:
 
 
 def _masks(args: argparse.Namespace) -> int:
+    _check_out(args.out, png=False)
     scene, stored = _read_input(args.scene)
     if not scene.people:
         raise SceneError("the scene has no people: add at least one person")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,14 +27,55 @@ MIN_CANVAS, MAX_CANVAS = 64, 1536
 DEFAULT_CANVAS = 512
 DEFAULT_NEGATIVE_PROMPT = "lowres, bad anatomy, bad hands, cropped, worst quality"
 MAX_CONTROL_STRENGTH = 5.0
+# Keypoints may lie off the canvas (a person cut by the frame) by up to one canvas size beyond
+# each edge: every limb that can cross the picture still has both ends in range, and coordinates
+# stay small enough for the renderer (OpenCV draws with 32-bit integers).
+OFF_CANVAS = 1.0  # canvas sizes beyond each edge
+MAX_TEXT_CHARS = 2000  # per prompt, setting or negative prompt (CLIP reads the first 77 tokens)
+MAX_EXTRA_BYTES = 256 * 1024  # fields FineControl does not use (hand and face keypoints...), as JSON
+MAX_SCENE_BYTES = 4 * 1024 * 1024  # a scene document's JSON text
+MAX_NESTING = 64  # JSON depth
+COORDINATES = ("pixels", "normalized")  # the optional "coordinates" field's values
+# Without a "coordinates" field, a document is read as normalised (0..1 of the canvas) when every
+# visible keypoint lies within this many units of 0: as pixels, such people would be 2 px tall.
+NORMALISED_GUESS_LIMIT = 2.0
 
 _NUMBER_LIST = re.compile(r"\[([-+0-9.eE,\s]+)\]")
 _PERSON_FIELDS = {"pose_keypoints_2d", "prompt", "negative_prompt", "control_strength"}
-_SCENE_FIELDS = {"canvas_width", "canvas_height", "people", "setting", "negative_prompt", "format"}
+_SCENE_FIELDS = {"canvas_width", "canvas_height", "people", "setting", "negative_prompt", "format", "coordinates"}
 
 
 class SceneError(ValueError):
     """A scene document that cannot be used, with a message that says exactly why."""
+
+
+def brief(value: Any, limit: int = 80) -> str:
+    """`repr(value)` for a message, cut to `limit` characters (a message never echoes a huge input)."""
+    try:
+        text = repr(value)
+    except (ValueError, RecursionError):  # an int beyond Python's digit limit; a deeply nested list
+        return f"a {type(value).__name__} too large to show"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def is_finite_number(value: Any) -> bool:
+    """An int or float (not a bool) that is finite as a float; False for ints too large for one."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
+def lone_surrogate(text: str) -> int | None:
+    """Where `text` holds half of a UTF-16 surrogate pair (which no UTF-8 file or tokenizer
+    takes), or None."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        return err.start
+    return None
 
 
 @dataclass(eq=False)
@@ -67,6 +109,9 @@ class Scene:
     setting: str = ""
     negative_prompt: str = DEFAULT_NEGATIVE_PROMPT
     extra: dict[str, Any] = field(default_factory=dict)
+    # What the reader assumed and the user should know (e.g. coordinates read as normalised);
+    # not part of the document.
+    notes: list[str] = field(default_factory=list, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         """The scene as an OpenPose-compatible JSON object (extra fields kept)."""
@@ -83,6 +128,7 @@ class Scene:
         doc: dict[str, Any] = dict(self.extra)
         doc.update(
             format=FORMAT_VERSION,
+            coordinates="pixels",
             canvas_width=self.width,
             canvas_height=self.height,
             people=people,
@@ -113,11 +159,25 @@ def load_scene(path: str | Path) -> Scene:
 
 def scene_from_json(text: str) -> Scene:
     """Parse and validate scene JSON text."""
+    return scene_from_dict(parse_json(text))
+
+
+def parse_json(text: str) -> Any:
+    """JSON text of at most MAX_SCENE_BYTES, decoded; SceneError with the reason otherwise."""
+    if len(text) > MAX_SCENE_BYTES:
+        raise SceneError(f"the scene is {len(text) / 2**20:.1f} MB of text: at most {MAX_SCENE_BYTES // 2**20} MB")
     try:
-        doc = json.loads(text)
+        return json.loads(text)
     except json.JSONDecodeError as err:
         raise SceneError(f"not valid JSON: {err.msg} at line {err.lineno}, column {err.colno}") from err
-    return scene_from_dict(doc)
+    except RecursionError as err:
+        raise SceneError(f"the JSON is nested too deeply (at most {MAX_NESTING} levels)") from err
+    except ValueError as err:  # an integer beyond Python's digit limit
+        raise SceneError(
+            f"the JSON holds a number with more than {sys.get_int_max_str_digits()} digits"
+            if "integer string conversion" in str(err)
+            else f"not valid JSON: {brief(str(err))}"
+        ) from err
 
 
 def scene_from_dict(doc: Any) -> Scene:
@@ -128,20 +188,31 @@ def scene_from_dict(doc: Any) -> Scene:
         raise SceneError("expected a JSON object with 'people' (OpenPose format)")
     version = doc.get("format", FORMAT_VERSION)
     if version != FORMAT_VERSION:
-        raise SceneError(f"unknown scene format version {version!r}: this FineControl reads version {FORMAT_VERSION}")
+        raise SceneError(
+            f"unknown scene format version {brief(version)}: this FineControl reads version {FORMAT_VERSION}"
+        )
     people_doc = doc.get("people")
     if not isinstance(people_doc, list):
         raise SceneError("'people' must be a list of persons with 'pose_keypoints_2d'")
     if len(people_doc) > MAX_PEOPLE:
         raise SceneError(f"too many people: {len(people_doc)} (at most {MAX_PEOPLE})")
+    _check_extra_size(doc, people_doc)
 
     width = _canvas_size(doc, "canvas_width")
     height = _canvas_size(doc, "canvas_height")
     poses = [_keypoints(entry, i) for i, entry in enumerate(people_doc)]
-    if poses and all(np.abs(p[:, :2]).max() <= 1.0 for p in poses):
-        for p in poses:  # normalised coordinates, as editors accept them
+    notes = []
+    if _normalised(doc, poses):
+        if "coordinates" not in doc:
+            notes.append(
+                f"keypoints read as normalised coordinates (0..1 of the canvas): every visible one lies "
+                f'within {NORMALISED_GUESS_LIMIT:g} of 0; add "coordinates": "pixels" to the scene if they are pixels'
+            )
+        for p in poses:
             p[:, 0] *= width
             p[:, 1] *= height
+    for i, pose in enumerate(poses):
+        _check_on_canvas(pose, width, height, i)
 
     people = []
     for i, (entry, pose) in enumerate(zip(people_doc, poses)):
@@ -164,13 +235,68 @@ def scene_from_dict(doc: Any) -> Scene:
         setting=_text(doc, "setting", "scene") or "",
         negative_prompt=DEFAULT_NEGATIVE_PROMPT if negative is None else negative,
         extra={k: v for k, v in doc.items() if k not in _SCENE_FIELDS},
+        notes=notes,
     )
+
+
+def _normalised(doc: dict, poses: list[np.ndarray]) -> bool:
+    """Whether the keypoints are fractions of the canvas: as the "coordinates" field says, else
+    guessed from the visible keypoints (all within NORMALISED_GUESS_LIMIT of 0)."""
+    if "coordinates" in doc:
+        if doc["coordinates"] not in COORDINATES:
+            raise SceneError(f"'coordinates' must be one of {', '.join(COORDINATES)}, got {brief(doc['coordinates'])}")
+        return doc["coordinates"] == "normalized"
+    shown = [p[p[:, 2] > 0, :2] for p in poses]
+    values = np.concatenate(shown) if shown else np.zeros((0, 2))
+    return values.size > 0 and bool(np.abs(values).max() <= NORMALISED_GUESS_LIMIT)
+
+
+def _check_on_canvas(pose: np.ndarray, width: int, height: int, i: int) -> None:
+    """Every keypoint within OFF_CANVAS canvas sizes of the canvas."""
+    for axis, (name, side) in enumerate((("x", width), ("y", height))):
+        low, high = -OFF_CANVAS * side, (1 + OFF_CANVAS) * side
+        values = pose[:, axis]
+        bad = np.flatnonzero((values < low) | (values > high))
+        if bad.size:
+            raise SceneError(
+                f"person {i + 1}: keypoint {bad[0] + 1} has {name} = {values[bad[0]]:.6g}, too far off the "
+                f"canvas: keypoints may lie at most one canvas size beyond its edges ({low:g}..{high:g})"
+            )
+
+
+def _check_extra_size(doc: dict, people: list) -> None:
+    """The fields FineControl keeps without using them fit in MAX_EXTRA_BYTES (and nest at most MAX_NESTING deep)."""
+    extra = [{k: v for k, v in doc.items() if k not in _SCENE_FIELDS}]
+    extra += [{k: v for k, v in p.items() if k not in _PERSON_FIELDS} for p in people if isinstance(p, dict)]
+    if _depth(extra) > MAX_NESTING:
+        raise SceneError(f"the scene is nested too deeply (at most {MAX_NESTING} levels)")
+    try:
+        size = len(json.dumps(extra, allow_nan=True))
+    except (TypeError, ValueError) as err:
+        raise SceneError(f"the scene's extra fields cannot be written back as JSON: {brief(str(err))}") from err
+    if size > MAX_EXTRA_BYTES:
+        raise SceneError(
+            f"the scene's extra fields (those FineControl keeps but does not use) take {size / 1024:.0f} KB: "
+            f"at most {MAX_EXTRA_BYTES // 1024} KB are kept; remove the large ones"
+        )
+
+
+def _depth(value: Any, limit: int = MAX_NESTING + 1) -> int:
+    """Nesting depth of lists and dicts in `value`, counted up to `limit` (without recursion)."""
+    depth, level = 0, [value]
+    while depth < limit:
+        containers = [v for v in level if isinstance(v, (list, dict))]
+        if not containers:
+            break
+        depth += 1
+        level = [child for c in containers for child in (c.values() if isinstance(c, dict) else c)]
+    return depth
 
 
 def _canvas_size(doc: dict, key: str) -> int:
     value = doc.get(key, DEFAULT_CANVAS)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise SceneError(f"{key} must be a number of pixels, got {value!r}")
+    if not is_finite_number(value):
+        raise SceneError(f"{key} must be a number of pixels, got {brief(value)}")
     if value != int(value):
         raise SceneError(f"{key} must be a whole number of pixels, got {value}")
     value = int(value)
@@ -193,24 +319,29 @@ def _keypoints(entry: Any, i: int) -> np.ndarray:
         )
     if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
         raise SceneError(f"person {i + 1} has keypoint values that are not numbers")
-    pose = np.asarray(values, dtype=np.float64).reshape(NUM_KEYPOINTS, 3)
-    if not np.isfinite(pose).all():
-        raise SceneError(f"person {i + 1} has non-finite keypoint values (NaN or infinity)")
-    return pose
+    if not all(is_finite_number(v) for v in values):
+        raise SceneError(f"person {i + 1} has non-finite keypoint values (NaN, infinity or too large)")
+    return np.asarray(values, dtype=np.float64).reshape(NUM_KEYPOINTS, 3)
 
 
 def _text(doc: dict, key: str, owner: str) -> str | None:
     value = doc.get(key)
-    if value is not None and not isinstance(value, str):
+    if value is None:
+        return None
+    if not isinstance(value, str):
         raise SceneError(f"{owner}: '{key}' must be text, got {type(value).__name__}")
+    if len(value) > MAX_TEXT_CHARS:
+        raise SceneError(f"{owner}: '{key}' is {len(value)} characters long: at most {MAX_TEXT_CHARS}")
+    if (at := lone_surrogate(value)) is not None:
+        raise SceneError(f"{owner}: '{key}' holds an invalid character at position {at}: half of a UTF-16 pair")
     return value
 
 
 def _strength(value: Any, i: int) -> float | None:
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise SceneError(f"person {i + 1}: control_strength must be a number, got {value!r}")
+    if not is_finite_number(value):
+        raise SceneError(f"person {i + 1}: control_strength must be a number, got {brief(value)}")
     if not 0.0 <= value <= MAX_CONTROL_STRENGTH:
         raise SceneError(f"person {i + 1}: control_strength {value} is out of range 0..{MAX_CONTROL_STRENGTH}")
     return float(value)

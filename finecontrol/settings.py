@@ -8,13 +8,12 @@ offered, so the CLI's flags and help and the app's Advanced panel are generated 
 
 from __future__ import annotations
 
-import math
 import random
 from dataclasses import asdict, dataclass, field, fields
 from functools import cache
 from typing import Any
 
-from finecontrol.scene import MAX_CANVAS, MIN_CANVAS
+from finecontrol.scene import MAX_CANVAS, MAX_TEXT_CHARS, MIN_CANVAS, brief, is_finite_number, lone_surrogate
 
 METHODS = ("finecontrol", "controlnet", "multicontrolnet", "finecontrol-all")
 COMPOSING_METHODS = ("finecontrol", "finecontrol-all")  # one branch per person, merged with masks
@@ -215,7 +214,7 @@ class Settings:
             value = getattr(self, name)
             _check(
                 value is None or value % 8 == 0,
-                f"{name} must be a multiple of 8 in {MIN_CANVAS}..{MAX_CANVAS}, got {value!r}",
+                f"{name} must be a multiple of 8 in {MIN_CANVAS}..{MAX_CANVAS}, got {brief(value)}",
             )
         _check((self.width is None) == (self.height is None), "give width and height together, or neither")
 
@@ -225,8 +224,9 @@ class Settings:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> Settings:
         """Settings from a dict, rejecting unknown keys by name."""
+        _check(isinstance(values, dict), f"settings must be a JSON object of named values, got {brief(values)}")
         unknown = sorted(set(values) - set(knobs()))
-        _check(not unknown, f"unknown settings: {', '.join(unknown)}")
+        _check(not unknown, f"unknown settings: {brief(', '.join(map(str, unknown)))}")
         return cls(**values)
 
 
@@ -257,18 +257,19 @@ def _validate(name: str, knob: Knob, value: Any, nullable: bool) -> None:
     if value is None and nullable:
         return
     if knob.kind == "choice":
-        _check(value in knob.choices, f"{name} must be one of {', '.join(knob.choices)}, got {value!r}")
+        _check(value in knob.choices, f"{name} must be one of {', '.join(knob.choices)}, got {brief(value)}")
     elif knob.kind == "int":
         ok = isinstance(value, int) and not isinstance(value, bool) and knob.low <= value <= knob.high
-        _check(ok, f"{name} must be a whole number in {knob.low}..{knob.high}, got {value!r}")
+        _check(ok, f"{name} must be a whole number in {knob.low}..{knob.high}, got {brief(value)}")
     elif knob.kind == "number":
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
         _check(
-            ok and knob.low <= value <= knob.high,
-            f"{name} must be a number in {knob.low:g}..{knob.high:g}, got {value!r}",
+            is_finite_number(value) and knob.low <= value <= knob.high,
+            f"{name} must be a number in {knob.low:g}..{knob.high:g}, got {brief(value)}",
         )
     else:
-        _check(isinstance(value, str), f"{name} must be text, got {value!r}")
+        _check(isinstance(value, str), f"{name} must be text, got {brief(value)}")
+        _check(len(value) <= MAX_TEXT_CHARS, f"{name} is {len(value)} characters long: at most {MAX_TEXT_CHARS}")
+        _check(lone_surrogate(value) is None, f"{name} holds an invalid character (half of a UTF-16 pair)")
 
 
 class SettingsError(ValueError):

@@ -23,5 +23,5 @@ def test_png_without_scene_is_refused_with_a_reason(tmp_path):
 
 def test_non_image_is_refused(tmp_path):
     (tmp_path / "x.png").write_text("hello")
-    with pytest.raises(SceneError, match="not a readable image"):
+    with pytest.raises(SceneError, match="x.png is not a PNG image"):
         read_png(tmp_path / "x.png")
