@@ -378,3 +378,43 @@ def test_cli_turns_hostile_scene_files_into_one_error_line(tmp_path, capsys, tex
     assert cli.main(["masks", str(scene), "--out", str(tmp_path / "m.png")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "Traceback" not in err and len(err) < 300
+
+
+def test_cli_answers_every_bad_invocation_with_an_error_line_never_a_traceback(tmp_path, capsys):
+    """39 bad invocations (missing, empty, binary or non-scene inputs, unwritable or wrong --out,
+    out-of-range flags, unknown models, methods and seeds): exit status 2 and one `error:` line
+    (or argparse's usage), never another exception."""
+    (tmp_path / "empty.json").write_text("")
+    (tmp_path / "binary.json").write_bytes(bytes(range(256)))
+    (tmp_path / "text.png").write_text("hello")
+    (tmp_path / "nobody.json").write_text(json.dumps({"canvas_width": 512, "canvas_height": 512, "people": []}))
+    Image.new("RGB", (8, 8)).save(tmp_path / "plain.png")
+    scene, out, masks = "assets/scenes/two_people.json", str(tmp_path / "o.png"), str(tmp_path / "m.png")
+    inputs = ["missing.json", ".", "empty.json", "binary.json", "text.png", "plain.png", "nobody.json"]
+    flags = [
+        ["--steps", "0"], ["--steps", "-1"], ["--steps", "abc"], ["--guidance", "nan"], ["--guidance", "inf"],
+        ["--seed", "-1"], ["--seed", str(2**64)], ["--method", "bogus"], ["--width", "65", "--height", "64"],
+        ["--width", "64"], ["--dtype", "fp8"], ["--max-batch", "0"], ["--model", str(tmp_path / "none")],
+        ["--model", str(tmp_path)],
+    ]  # fmt: skip
+    cases = [["generate", str(tmp_path / name), "--out", out] for name in inputs]
+    cases += [
+        ["generate", scene, "--out", path] for path in ("/proc/none/o.png", str(tmp_path / "o.jpg"), str(tmp_path))
+    ]
+    cases += [["generate", scene, "--out", out, *f] for f in flags]
+    cases += [["compare", scene, "--out", out, "--methods", m] for m in ("bogus", "")]
+    cases += [["compare", scene, "--out", out, "--seeds", s] for s in ("a,b", "1,-5", "")]
+    cases += [["compare", scene, "--out", str(tmp_path / "g.gif")], ["masks", scene, "--out", str(tmp_path / "m.xyz")]]
+    cases += [
+        ["masks", scene, "--out", masks, *f] for f in (["--dilation", "-3"], ["--blur", "nan"], ["--temperature", "0"])
+    ]
+    cases += [["masks", str(tmp_path / "nobody.json"), "--out", masks], ["masks", scene, "--out", "/proc/none/m.png"]]
+    cases += [["masks", scene], ["bogus"], []]
+    assert len(cases) == 39
+    for argv in cases:
+        try:
+            status = cli.main(argv)
+        except SystemExit as exit:  # argparse: usage and the problem
+            status = exit.code
+        err = capsys.readouterr().err
+        assert status == 2 and ("error:" in err) and "Traceback" not in err, (argv, err)
