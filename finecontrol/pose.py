@@ -183,6 +183,32 @@ def visible_limbs(pose: np.ndarray) -> list[tuple[int, int]]:
     return [(a, b) for a, b in LIMBS if shown[a] and shown[b]]
 
 
+def shows_on_canvas(pose: np.ndarray, width: float, height: float, margin: float = 0.0) -> bool:
+    """Whether a visible joint, or a visible limb, lies on the canvas (grown by `margin` pixels
+    on each side, the strokes' reach)."""
+    lo, hi = np.array([-margin, -margin]), np.array([width + margin, height + margin])
+    shown = visible(pose)
+    if any((lo <= pose[j, :2]).all() and (pose[j, :2] <= hi).all() for j in np.flatnonzero(shown)):
+        return True
+    return any(_segment_meets_box(pose[a, :2], pose[b, :2], lo, hi) for a, b in visible_limbs(pose))
+
+
+def _segment_meets_box(p0: np.ndarray, p1: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> bool:
+    """Whether the segment p0-p1 crosses the box [lo, hi] (Liang-Barsky clipping)."""
+    t0, t1 = 0.0, 1.0
+    d = p1 - p0
+    for axis in range(2):
+        for p, q in ((-d[axis], p0[axis] - lo[axis]), (d[axis], hi[axis] - p0[axis])):
+            if p == 0:
+                if q < 0:
+                    return False
+            elif p < 0:
+                t0 = max(t0, q / p)
+            else:
+                t1 = min(t1, q / p)
+    return t0 <= t1
+
+
 def pose_center(pose: np.ndarray) -> np.ndarray:
     """Centre of the bounding box of the visible keypoints, shape (2,)."""
     xy = pose[visible(pose), :2]

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from finecontrol.pose import LIMB_COLORS, LIMBS
+from finecontrol.pose import LIMB_COLORS, LIMBS, shows_on_canvas
 
 ANNOTATOR_STICK_WIDTH = 4
 ANNOTATOR_JOINT_RADIUS = 4
@@ -80,6 +80,14 @@ def skeleton_image(
     for pose in poses:
         draw_skeleton(canvas, normalized(pose, *canvas_size), stick_width, joint_radius)
     return canvas
+
+
+def people_off_canvas(poses: list[np.ndarray], canvas_size: tuple[int, int]) -> list[int]:
+    """Indices of the poses of which nothing shows on the canvas (no limb or joint drawn inside
+    it): there is nothing to condition them on. Strokes count as reaching twice their width, so
+    that no pose that draws a pixel is listed."""
+    reach = 2 * ANNOTATOR_STICK_WIDTH
+    return [i for i, pose in enumerate(poses) if not shows_on_canvas(pose, *canvas_size, reach)]
 
 
 def default_dilation(width: int, height: int) -> int:

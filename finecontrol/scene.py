@@ -227,6 +227,12 @@ def scene_from_dict(doc: Any) -> Scene:
                 extra={k: v for k, v in entry.items() if k not in _PERSON_FIELDS},
             )
         )
+    from finecontrol.render import people_off_canvas  # (cv2: imported only when a scene is read)
+
+    for i in people_off_canvas(poses, (width, height)):
+        notes.append(
+            f"person {i + 1} is outside the canvas: nothing of them shows, so they cannot be generated until moved in"
+        )
     negative = _text(doc, "negative_prompt", "scene")
     return Scene(
         width=width,

@@ -4,12 +4,13 @@ import torch
 from controlnet_aux.open_pose.body import Keypoint
 from controlnet_aux.open_pose.util import draw_bodypose
 
-from finecontrol.pose import mirror, rotate, template_pose
+from finecontrol.pose import mirror, rotate, template_pose, translate
 from finecontrol.render import (
     default_dilation,
     hard_masks,
     harmony_steps,
     normalized,
+    people_off_canvas,
     raw_masks,
     scene_maps,
     skeleton_image,
@@ -162,3 +163,18 @@ def test_labelled_grid_enlarges_small_images_so_labels_fit():
     grid = labelled_grid([[small, small]], ["finecontrol", "controlnet"], ["seed 0"])
     assert grid.size == (64 + 2 * 128, 24 + 96)
     assert grid.getpixel((64 + 127, 24 + 95)) == (255, 0, 0)
+
+
+def test_people_off_canvas_are_those_that_draw_nothing_on_it():
+    """Over 3,000 random placements: never listed when it draws a pixel; (strokes counted at
+    twice their reach) hardly ever missed when it draws none (19 of 3,000 measured)."""
+    rng = np.random.default_rng(0)
+    listed_but_drawn = drawn_nothing_not_listed = 0
+    for _ in range(3000):
+        pose = translate(template_pose("standing", 256, 480, 380), *rng.uniform(-700, 700, 2))
+        pose[rng.random(18) < 0.3, 2] = 0
+        listed = people_off_canvas([pose], (512, 512)) == [0]
+        drawn = skeleton_image([pose], (512, 512), (512, 512)).any()
+        listed_but_drawn += listed and drawn
+        drawn_nothing_not_listed += not listed and not drawn
+    assert listed_but_drawn == 0 and drawn_nothing_not_listed < 30

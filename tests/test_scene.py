@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from finecontrol.pose import template_pose
+from finecontrol.pose import template_pose, translate
 from finecontrol.scene import (
     DEFAULT_NEGATIVE_PROMPT,
     MAX_PEOPLE,
@@ -160,3 +160,13 @@ def test_load_scene_rejects_binary_file(tmp_path):
     path.write_bytes(b"\x89PNG\xff\xfe")
     with pytest.raises(SceneError, match="not a text file"):
         load_scene(path)
+
+
+def test_a_person_entirely_off_the_canvas_is_read_with_a_note():
+    doc = openpose_doc([standing(150), translate(standing(150), 700, 0)])
+    scene = scene_from_dict(doc)
+    assert len(scene.people) == 2  # kept, so it can be dragged back in
+    assert scene.notes == [
+        "person 2 is outside the canvas: nothing of them shows, so they cannot be generated until moved in"
+    ]
+    assert not scene_from_dict(openpose_doc([standing(150), translate(standing(150), 300, 0)])).notes
