@@ -226,7 +226,8 @@ class Settings:
         """Settings from a dict, rejecting unknown keys by name."""
         _check(isinstance(values, dict), f"settings must be a JSON object of named values, got {brief(values)}")
         unknown = sorted(set(values) - set(knobs()))
-        _check(not unknown, f"unknown settings: {brief(', '.join(map(str, unknown)))}")
+        names = ", ".join(map(str, unknown))
+        _check(not unknown, f"unknown settings: {names if len(names) <= 80 else names[:77] + '...'}")
         return cls(**values)
 
 
