@@ -271,7 +271,10 @@ def test_skeleton_tools_duplicate_mirror_scale_rotate_hide_resize_delete(page):
     before = pose()
     page.select_option("#pose-editor .fc-size", "768x512")
     assert (scene(page)["canvas_width"], scene(page)["canvas_height"]) == (768, 512)
-    np.testing.assert_allclose(pose()[:, 0], before[:, 0] * 1.5)
+    np.testing.assert_allclose(pose()[:, :2], before[:, :2] + [128, 0])  # same size, centred
+    page.select_option("#pose-editor .fc-size", "512x768")
+    np.testing.assert_allclose(pose()[:, :2], (before[:, :2] + [128, 0]) * 2 / 3 + [0, 768 / 2 - 512 / 3])
+    expect(page.locator("#pose-editor .fc-status")).to_contain_text("scaled by 0.67 and centred, proportions kept")
 
     page.locator(".fc-canvas").focus()
     page.keyboard.press("Delete")
@@ -318,3 +321,67 @@ def test_every_bone_clear_of_the_joints_drags_the_whole_person(page):
         )
         page.click("#pose-editor button[data-action=undo]")
         np.testing.assert_allclose(keypoints(page), start)
+
+
+def test_dragging_on_a_partly_scrolled_canvas_keeps_the_person_under_the_pointer(page):
+    """With the top of the canvas scrolled out of view, grabbing a bone and dragging it 80 px to
+    the right moves the person exactly 80 px to the right; the page does not scroll."""
+    page.get_by_text("three_people", exact=True).click()
+    expect(page.locator("#pose-editor .fc-status")).to_contain_text("3 people")
+    top = page.locator(".fc-canvas").bounding_box()["y"]  # (clicking a preset scrolls the page)
+    page.evaluate(f"window.scrollBy(0, {top + 100})")  # the canvas's top 100 px out of view
+    scroll = page.evaluate("window.scrollY")
+    assert page.locator(".fc-canvas").bounding_box()["y"] == pytest.approx(-100, abs=1)
+    start = keypoints(page, 1)
+    css_per_pixel = page.locator(".fc-canvas").bounding_box()["width"] / scene(page)["canvas_width"]
+    x, y = canvas_to_page(page, *(start[8, :2] + start[9, :2]) / 2)  # the middle of the right thigh
+    page.mouse.move(x, y)
+    page.mouse.down()
+    page.mouse.move(x + 80, y, steps=4)
+    page.mouse.up()
+    assert page.evaluate("window.scrollY") == scroll
+    np.testing.assert_allclose(keypoints(page, 1)[:, :2] - start[:, :2], [[80 / css_per_pixel, 0]] * 18, atol=0.05)
+
+
+def x_extent(pose: np.ndarray) -> tuple[float, float]:
+    shown = pose[pose[:, 2] > 0, 0]
+    return shown.min(), shown.max()
+
+
+def test_each_new_person_lands_in_the_widest_free_space(page):
+    for _ in range(3):
+        add_person(page)
+    spans = sorted(x_extent(keypoints(page, i)) for i in range(3))
+    assert all(left[1] < right[0] for left, right in zip(spans, spans[1:])), spans  # no overlap
+    assert spans[0][0] > 0 and spans[-1][1] < scene(page)["canvas_width"]
+
+
+def test_keyboard_selects_the_person_being_written_for_nudges_and_reaches_every_control(page):
+    add_person(page)
+    add_person(page)
+    status = page.locator("#pose-editor .fc-status")
+    page.click(".fc-card[data-index='0'] .fc-prompt")
+    expect(status).to_contain_text("selected: person 1")
+    for _ in range(5):  # Tab on to person 2's prompt
+        page.keyboard.press("Tab")
+        if page.evaluate("document.activeElement.getAttribute('aria-label')") == "Person 2 prompt":
+            break
+    expect(status).to_contain_text("selected: person 2")
+    page.keyboard.type("a knight")
+    before = keypoints(page, 1)
+    page.click("#pose-editor button[data-action=bigger]")  # acts on the person written for
+    assert not np.allclose(keypoints(page, 1), before) and scene(page)["people"][1]["prompt"] == "a knight"
+
+    start = keypoints(page, 1)
+    page.mouse.click(*canvas_to_page(page, *(start[8, :2] + start[9, :2]) / 2))  # person 2's thigh
+    page.keyboard.press("ArrowRight")
+    page.keyboard.press("Shift+ArrowRight")
+    page.keyboard.press("ArrowUp")
+    np.testing.assert_allclose(keypoints(page, 1)[:, :2] - start[:, :2], [[22, -2]] * NUM_KEYPOINTS)
+    page.click("#pose-editor button[data-action=undo]")  # the nudges are one step
+    np.testing.assert_allclose(keypoints(page, 1), start)
+
+    page.click("#pose-editor button[data-action=redo]")
+    page.keyboard.press("Tab")  # from Redo: the canvas size, then the reference image's file chooser
+    page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.className") == "fc-background"

@@ -17,6 +17,8 @@ const ROTATE_STEP = props.rotate_step;  // degrees per click of Rotate left / Ro
 const SCALE_STEP = 1.1;  // per click of Bigger / Smaller
 const WHEEL_SCALE_STEP = 1.05;
 const WHEEL_ROTATE_STEP = 5;  // degrees
+const NUDGE = 2;  // canvas pixels per arrow key press (Shift: NUDGE_LARGE)
+const NUDGE_LARGE = 20;
 
 const canvas = element.querySelector('.fc-canvas');
 const ctx = canvas.getContext('2d');
@@ -63,12 +65,28 @@ function transform(person, fn) {
   setPoints(person, points(person).map(([x, y, c]) => { const [nx, ny] = fn(x - cx, y - cy); return [nx + cx, ny + cy, c]; }));
 }
 
+function freestX() {
+  // The middle of the widest stretch of the canvas's width that no person covers.
+  const w = scene.canvas_width;
+  const spans = scene.people
+    .map((p) => points(p).filter((q) => q[2] > 0).map((q) => Math.min(w, Math.max(0, q[0]))))
+    .filter((xs) => xs.length)
+    .map((xs) => [Math.min(...xs), Math.max(...xs)])
+    .sort((a, b) => a[0] - b[0]);
+  let best = [0, 0];
+  let from = 0;
+  for (const [a, b] of [...spans, [w, w]]) {
+    if (a - from > best[1] - best[0]) best = [from, a];
+    from = Math.max(from, b);
+  }
+  return (best[0] + best[1]) / 2;
+}
+
 function newPerson(template) {
-  const n = scene.people.length;
   const w = scene.canvas_width;
   const h = scene.canvas_height;
   const height = h * 0.7;
-  const cx = w * (0.2 + 0.6 * ((n * 0.618) % 1));
+  const cx = scene.people.length ? freestX() : w / 2;
   const feet = h * 0.95;
   const pts = TEMPLATES[template].map(([x, y]) => [cx + x * height, feet + y * height, 1]);
   return { pose_keypoints_2d: pts.flat(), prompt: '' };
@@ -244,7 +262,9 @@ function buildCards() {
           max="${MAX_CONTROL_STRENGTH}" step="0.1" aria-label="Person ${i + 1} control strength" placeholder="global"></label>
       </details>`;
     card.querySelector('.fc-badge').style.background = color;
-    card.addEventListener('pointerdown', () => { if (selected !== i) { selected = i; draw(); refreshStatus(); } });
+    const select = () => { if (selected !== i) { selected = i; draw(); refreshStatus(); } };
+    card.addEventListener('pointerdown', select);
+    card.addEventListener('focusin', select);  // writing for a person (or tabbing to it) selects it
     bindField(card.querySelector('.fc-prompt'), i, 'prompt', (v) => v);
     bindField(card.querySelector('.fc-negative'), i, 'negative_prompt', (v) => (v === '' ? undefined : v));
     bindField(card.querySelector('.fc-strength'), i, 'control_strength', (v) => (v === '' ? undefined : Number(v)));
@@ -348,7 +368,7 @@ canvas.addEventListener('pointerdown', (event) => {
     drag = { person: body, joint: joint ? joint[1] : null, start: [x, y], original: clone(scene.people[body]), moved: false };
     canvas.setPointerCapture(event.pointerId);
   }
-  canvas.focus();
+  canvas.focus({ preventScroll: true });  // focusing must not scroll the page under the pointer
   refresh();
 });
 
@@ -405,13 +425,16 @@ element.querySelectorAll('[data-action]').forEach((button) => {
 });
 
 sizeSelect.addEventListener('change', () => {
+  // People keep their proportions: one scale for both axes (the one that fits), centred.
   const [w, h] = sizeSelect.value.split('x').map(Number);
-  const sx = w / scene.canvas_width;
-  const sy = h / scene.canvas_height;
-  scene.people.forEach((p) => setPoints(p, points(p).map(([x, y, c]) => [x * sx, y * sy, c])));
+  const s = Math.min(w / scene.canvas_width, h / scene.canvas_height);
+  const ox = (w - scene.canvas_width * s) / 2;
+  const oy = (h - scene.canvas_height * s) / 2;
+  scene.people.forEach((p) => setPoints(p, points(p).map(([x, y, c]) => [x * s + ox, y * s + oy, c])));
   scene.canvas_width = w;
   scene.canvas_height = h;
   commit();
+  if (scene.people.length && s !== 1) say(`people scaled by ${s.toFixed(2)} and centred, proportions kept`);
 });
 
 element.querySelector('.fc-background').addEventListener('change', (event) => {
@@ -441,6 +464,11 @@ document.addEventListener('keydown', (event) => {
   } else if ((key === 'delete' || key === 'backspace') && target === canvas && selected >= 0) {
     event.preventDefault();
     actions.delete();
+  } else if (key.startsWith('arrow') && target === canvas && selected >= 0) {
+    event.preventDefault();
+    const step = event.shiftKey ? NUDGE_LARGE : NUDGE;
+    const [dx, dy] = { arrowleft: [-step, 0], arrowright: [step, 0], arrowup: [0, -step], arrowdown: [0, step] }[key];
+    editSelected((p) => setPoints(p, points(p).map(([x, y, c]) => [x + dx, y + dy, c])), `nudge-${selected}`);
   }
 });
 
