@@ -17,7 +17,7 @@ from finecontrol.models import DEFAULT_ANNOTATORS, offline_default
 from finecontrol.pipeline import Generation, StepCallback
 from finecontrol.scene import Scene
 from finecontrol.settings import Settings
-from finecontrol.ui.demo import CSS, build_demo, queue
+from finecontrol.ui.demo import CSS, MAX_UPLOAD_BYTES, build_demo, queue
 from finecontrol.ui.engine import Engine
 
 log = logging.getLogger("finecontrol.app")
@@ -72,7 +72,7 @@ def main() -> None:
 
     engine.run = run
     demo = queue(build_demo(engine, annotators=args.annotators), max_size=20)
-    demo.launch(server_name=args.host, server_port=args.port, css=CSS)
+    demo.launch(server_name=args.host, server_port=args.port, css=CSS, max_file_size=MAX_UPLOAD_BYTES)
 
 
 if __name__ == "__main__":

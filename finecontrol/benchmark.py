@@ -6,16 +6,22 @@ floor (finecontrol: 2N x (UNet + ControlNet)), wall seconds (methods interleaved
 repeats) and peak memory (finecontrol/costs.py). `--gpu` runs the prepared GPU report instead
 (finecontrol/gpu_report.py). `python -m finecontrol.benchmark --app`: the app's start-up time
 (process start to the first page served) and, through its API, the masks-preview and generate
-latencies.
+latencies. `python -m finecontrol.benchmark --load K --model toy`: the app started the same way,
+then K gradio_client clients at once, each asking for one generation of a one-person scene: how
+many completed, were rejected (queue full) or failed, latency percentiles, the app's resident
+memory before and after, and the files left in its output folder and Gradio's cache.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import socket
 import statistics
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -46,10 +52,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=20, help="--app and --gpu: denoising steps per image")
     parser.add_argument("--method", default="finecontrol", choices=METHODS, help="--app: the method timed")
     parser.add_argument("--app", action="store_true", help="time the app instead of the engine")
+    parser.add_argument("--load", type=int, metavar="K", help="K clients at once against the app")
     parser.add_argument("--gpu", action="store_true", help="the prepared GPU report (finecontrol/gpu_report.py)")
     parser.add_argument("--variants", default="eager,channels_last,compile", help="--gpu: of those")
     parser.add_argument("--budget", type=float, default=420, help="--gpu: seconds, after which the rest is skipped")
     args = parser.parse_args(argv)
+    if args.load:
+        args.model = args.model or "toy"
+        return benchmark_load(args)
     if args.app:
         args.model, args.people = args.model or "tiny", args.people or "1,2,4"
         return benchmark_app(args)
@@ -111,22 +121,8 @@ def benchmark_app(args: argparse.Namespace, port: int = 7899) -> None:
     from finecontrol.ui.handlers import knob_values, parse_scene
 
     start = time.perf_counter()
-    app = subprocess.Popen(
-        [sys.executable, "app.py", "--model", args.model, "--port", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env={**os.environ},
-    )
-    url = f"http://127.0.0.1:{port}/"
+    app, url = _start_app(args.model, port)
     try:
-        while True:
-            try:
-                with urllib.request.urlopen(url, timeout=1):
-                    break
-            except OSError:
-                if app.poll() is not None:
-                    raise SystemExit("the app exited before serving a page") from None
-                time.sleep(0.1)
         print(f"app start-up (process start to first page): {time.perf_counter() - start:.1f} s")
         # gradio_client builds a TLS context from the CA bundle for every file it downloads, even
         # over plain http (about 70 ms here per result PNG); a browser does not. The target is
@@ -159,6 +155,91 @@ def benchmark_app(args: argparse.Namespace, port: int = 7899) -> None:
     finally:
         app.terminate()
         app.wait()
+
+
+def _start_app(model: str, port: int, env: dict[str, str] | None = None) -> tuple[subprocess.Popen, str]:
+    """`python app.py --model MODEL --port PORT` started and serving its first page: (process, URL)."""
+    app = subprocess.Popen(
+        [sys.executable, "app.py", "--model", model, "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, **(env or {})},
+    )
+    url = f"http://127.0.0.1:{port}/"
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=1):
+                return app, url
+        except OSError:
+            if app.poll() is not None:
+                raise SystemExit("the app exited before serving a page") from None
+            time.sleep(0.1)
+
+
+def benchmark_load(args: argparse.Namespace) -> None:
+    """Start the app (its temporary files in a fresh folder), warm it up with one generation, then
+    send `args.load` generations of a one-person scene from as many clients at once."""
+    from gradio_client import Client
+    from gradio_client.utils import QueueError
+
+    from finecontrol.ui.handlers import knob_values
+
+    k = args.load
+    folder = Path(tempfile.mkdtemp(prefix="finecontrol-load-"))  # the app's outputs and Gradio's cache
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    app, url = _start_app(args.model, port, {"TMPDIR": str(folder), "GRADIO_TEMP_DIR": str(folder / "gradio")})
+    inputs = (crowd(1).to_dict(), "in a park", "")
+    try:
+        Client(url, verbose=False, ssl_verify=False).predict(*inputs, *knob_values(Settings()), api_name="/generate")
+        rss_before = _rss(app.pid)
+        clients = [Client(url, verbose=False, ssl_verify=False) for _ in range(k)]
+        outcomes: list[tuple[str, float]] = []
+        start = threading.Barrier(k)
+
+        def one(index: int) -> None:
+            start.wait()
+            began = time.perf_counter()
+            try:
+                clients[index].predict(*inputs, *knob_values(Settings(seed=index)), api_name="/generate")
+                outcomes.append(("completed", time.perf_counter() - began))
+            except QueueError:
+                outcomes.append(("rejected", 0.0))
+            except Exception as err:
+                outcomes.append((f"failed: {type(err).__name__}: {err}", 0.0))
+
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(k)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        rss_after = _rss(app.pid)
+    finally:
+        app.terminate()
+        app.wait()
+    done = sorted(seconds for kind, seconds in outcomes if kind == "completed")
+    rejected = sum(kind == "rejected" for kind, _ in outcomes)
+    failures = [kind for kind, _ in outcomes if kind.startswith("failed")]
+    print(f"{k} clients: {len(done)} completed, {rejected} rejected (queue full), {len(failures)} failed")
+    for failure in sorted(set(failures)):
+        print(f"  {failure}")
+    if done:
+        p95 = done[min(len(done) - 1, round(0.95 * (len(done) - 1)))]
+        print(f"latency of the completed: p50 {statistics.median(done):.2f} s, p95 {p95:.2f} s, max {done[-1]:.2f} s")
+    print(
+        f"RSS of the app: {rss_before / 2**20:.0f} MiB after one warm-up generation, "
+        f"{rss_after / 2**20:.0f} MiB after the load ({(rss_after - rss_before) / 2**20:+.0f} MiB)"
+    )
+    outputs = sum(1 for p in folder.glob("finecontrol-*/*") if p.is_file())
+    cached = sum(1 for p in (folder / "gradio").rglob("*") if p.is_file())
+    print(f"files in the output folder and Gradio's cache: {outputs} and {cached} ({len(done) + 1} generations made)")
+
+
+def _rss(pid: int) -> int:
+    """Resident memory of process `pid` in bytes (Linux)."""
+    with open(f"/proc/{pid}/status") as status:
+        return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmRSS:"))
 
 
 def _timed(repeats: int, fn, *args, **kwargs) -> list[float]:

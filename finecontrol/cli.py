@@ -20,7 +20,7 @@ from PIL import Image
 
 from finecontrol.model_info import ModelInfo
 from finecontrol.models import DTYPES, RANDOM_WEIGHT_MODELS, TOY_MODEL, ModelNotAvailableError
-from finecontrol.pipeline import NotEnoughMemoryError
+from finecontrol.pipeline import NonFiniteError, NotEnoughMemoryError
 from finecontrol.render import labelled_grid, mask_previews
 from finecontrol.scene import Scene, SceneError, brief, load_scene
 from finecontrol.settings import COMPARED_METHODS, METHODS, Settings, SettingsError, knobs, random_seed
@@ -35,6 +35,7 @@ _USER_ERRORS = (
     OSError,
     torch.OutOfMemoryError,
     NotEnoughMemoryError,
+    NonFiniteError,
 )
 
 

@@ -8,19 +8,21 @@ from pathlib import Path
 from typing import Any
 
 from finecontrol.render import ANNOTATOR_JOINT_RADIUS, ANNOTATOR_STICK_WIDTH
+from finecontrol.scene import MAX_CANVAS, MIN_CANVAS, brief, is_finite_number
 from finecontrol.settings import Settings, SettingsError
 
 MODEL_INFO = "finecontrol.json"
+MAX_DRAWING_PIXELS = 64  # largest stick width or joint radius (the annotator's are 4)
 
 
 @dataclass(frozen=True)
 class ModelInfo:
     """A model's own facts; every field is optional in the file, unknown keys are refused.
 
-    resolution: native size in pixels (longer side); scenes are generated at that size unless the
-        settings give width and height. None: at the canvas size.
-    stick_width, joint_radius: how its control images are drawn (default: the OpenPose annotator's
-        4 and 4, what the public OpenPose ControlNets were trained on).
+    resolution: native size in pixels (longer side, MIN_CANVAS..MAX_CANVAS); scenes are generated at
+        that size unless the settings give width and height. None: at the canvas size.
+    stick_width, joint_radius: how its control images are drawn, 1..MAX_DRAWING_PIXELS pixels
+        (default: the OpenPose annotator's 4 and 4, what the public OpenPose ControlNets were trained on).
     vocabulary: the only words the model understands (the toy model); empty: any text.
     defaults: Settings values that replace the paper's defaults for this model.
     negative_prompt: the app's default negative prompt for this model; None: the paper's.
@@ -36,29 +38,52 @@ class ModelInfo:
     training_minutes: float | None = None
 
     def __post_init__(self) -> None:
+        if isinstance(self.vocabulary, str) or not isinstance(self.vocabulary, (list, tuple)):
+            raise SettingsError(f"{MODEL_INFO}: vocabulary must be a list of words, got {brief(self.vocabulary)}")
         object.__setattr__(self, "vocabulary", tuple(self.vocabulary))
-        for name in ("stick_width", "joint_radius") + (("resolution",) if self.resolution is not None else ()):
-            value = getattr(self, name)
-            if not (isinstance(value, int) and not isinstance(value, bool) and value > 0):
-                raise SettingsError(f"{MODEL_INFO}: {name} must be a positive whole number, got {value!r}")
+        for name in ("stick_width", "joint_radius"):
+            _check_whole(name, getattr(self, name), 1, MAX_DRAWING_PIXELS)
+        if self.resolution is not None:
+            _check_whole("resolution", self.resolution, MIN_CANVAS, MAX_CANVAS)
         if not all(isinstance(word, str) for word in self.vocabulary):
             raise SettingsError(f"{MODEL_INFO}: vocabulary must be a list of words")
+        if self.negative_prompt is not None and not isinstance(self.negative_prompt, str):
+            raise SettingsError(
+                f"{MODEL_INFO}: negative_prompt must be text or null, got {brief(self.negative_prompt)}"
+            )
+        if self.training_minutes is not None and not is_finite_number(self.training_minutes):
+            raise SettingsError(
+                f"{MODEL_INFO}: training_minutes must be a number or null, got {brief(self.training_minutes)}"
+            )
+        if not isinstance(self.defaults, dict):
+            raise SettingsError(
+                f'{MODEL_INFO}: defaults must be an object of settings such as {{"steps": 30}}, '
+                f"got {brief(self.defaults)}"
+            )
         self.default_settings()  # refuses unknown or invalid defaults, by name
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> ModelInfo:
         """The info in `values`, refusing keys it does not know (a misspelt key would otherwise be ignored)."""
+        if not isinstance(values, dict):
+            raise SettingsError(f"{MODEL_INFO} must hold a JSON object, got {brief(values)}")
         known = [f.name for f in fields(cls)]
         unknown = sorted(set(values) - set(known))
         if unknown:
-            raise SettingsError(f"{MODEL_INFO}: unknown key(s) {', '.join(unknown)}; known: {', '.join(known)}")
+            raise SettingsError(f"{MODEL_INFO}: unknown key(s) {brief(', '.join(unknown))}; known: {', '.join(known)}")
         return cls(**values)
 
     @classmethod
     def read(cls, folder: str | Path) -> ModelInfo:
         """The folder's `finecontrol.json`, or the defaults when it has none."""
         path = Path(folder) / MODEL_INFO
-        return cls.from_dict(json.loads(path.read_text())) if path.is_file() else cls()
+        if not path.is_file():
+            return cls()
+        try:
+            values = json.loads(path.read_text(encoding="utf-8"))
+        except (ValueError, RecursionError) as err:  # JSONDecodeError, UnicodeDecodeError
+            raise SettingsError(f"{MODEL_INFO} is not valid JSON: {brief(str(err))}") from err
+        return cls.from_dict(values)
 
     def write(self, folder: str | Path) -> None:
         values = asdict(self)
@@ -71,3 +96,8 @@ class ModelInfo:
             return Settings.from_dict({**Settings().to_dict(), **self.defaults})
         except SettingsError as err:
             raise SettingsError(f"{MODEL_INFO}: defaults: {err}") from err
+
+
+def _check_whole(name: str, value: Any, low: int, high: int) -> None:
+    if not (isinstance(value, int) and not isinstance(value, bool) and low <= value <= high):
+        raise SettingsError(f"{MODEL_INFO}: {name} must be a positive whole number ({low}..{high}), got {brief(value)}")

@@ -96,6 +96,7 @@ def _load_pretrained(base: str, controlnet: str) -> FineControlPipeline:
     from diffusers import AutoencoderKL, ControlNetModel, DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
+    info = ModelInfo.read(base) if Path(base).is_dir() else None  # a bad finecontrol.json fails before any weight loads
     parts = {
         "tokenizer": (CLIPTokenizer, base, "tokenizer"),
         "text_encoder": (CLIPTextModel, base, "text_encoder"),
@@ -105,7 +106,7 @@ def _load_pretrained(base: str, controlnet: str) -> FineControlPipeline:
         "controlnet": (ControlNetModel, controlnet, None),
     }
     loaded = {key: _from_pretrained(cls, source, subfolder) for key, (cls, source, subfolder) in parts.items()}
-    return FineControlPipeline(**loaded, info=ModelInfo.read(base) if Path(base).is_dir() else None)
+    return FineControlPipeline(**loaded, info=info)
 
 
 def _from_pretrained(cls, source: str, subfolder: str | None):

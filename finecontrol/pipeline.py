@@ -29,7 +29,7 @@ from PIL import Image
 
 from finecontrol.fusion import FeatureComposer, MaskPyramid, compose_residuals, residual_split, sum_over_people
 from finecontrol.model_info import ModelInfo
-from finecontrol.render import hard_masks, harmony_steps, scene_maps, soft_masks, uses_soft_masks
+from finecontrol.render import hard_masks, harmony_steps, people_off_canvas, scene_maps, soft_masks, uses_soft_masks
 from finecontrol.scene import Scene, SceneError
 from finecontrol.settings import COMPOSING_METHODS, Settings
 
@@ -46,6 +46,12 @@ ACTIVATION_BYTES_PER_LATENT_PIXEL = 24_000
 
 class NotEnoughMemoryError(RuntimeError):
     """The generation cannot fit in the device's memory even one branch at a time."""
+
+
+class NonFiniteError(RuntimeError):
+    """The latents or the decoded image became NaN or infinite: the model's weights hold such
+    values, or a computation overflowed (fp16). Raised at the first step where it shows, rather than
+    returning a black image."""
 
 
 @dataclass
@@ -234,6 +240,7 @@ class FineControlPipeline:
         config = self.vae.config
         latents = latents / config.scaling_factor + (config.shift_factor or 0.0)
         pixels = self.vae.decode(latents.to(self.vae.dtype)).sample
+        check_finite(pixels, "the image decoded by the VAE")
         pixels = (pixels[0] / 2 + 0.5).clamp(0, 1).permute(1, 2, 0).float().cpu().numpy()
         return Image.fromarray((pixels * 255).round().astype(np.uint8))
 
@@ -251,6 +258,10 @@ class FineControlPipeline:
         settings = settings or Settings()
         if not scene.people:
             raise SceneError("the scene has no people: add at least one person")
+        if off := people_off_canvas([p.keypoints for p in scene.people], (scene.width, scene.height)):
+            raise SceneError(
+                f"person {off[0] + 1} is outside the canvas: nothing of them shows; move them in or delete them"
+            )
         width, height = self.generation_size(scene, settings)
         latent_size = (height // self.vae_scale, width // self.vae_scale)
         chunk = self.chunk_size(settings, len(scene.people), latent_size)  # before any work: may refuse
@@ -294,6 +305,7 @@ class FineControlPipeline:
                     alpha = scheduler.alphas_cumprod[int(t)].to(latents.device, latents.dtype)
                     callback(i, total, (latents - (1 - alpha).sqrt() * eps) / alpha.sqrt())
                 latents = scheduler.step(eps, t, latents, **step_kwargs).prev_sample
+                check_finite(latents, f"the latents after step {i + 1} of {total}")
 
         return Generation(
             image=self.decode(latents) if decode else None,
@@ -434,6 +446,17 @@ class FineControlPipeline:
         if composer is not None:
             return composer.compose_in_chunks(unet, spans(batch, chunk), branches.halves)
         return torch.cat([unet(*span) for span in spans(batch, chunk)])
+
+
+def check_finite(values: torch.Tensor, what: str) -> None:
+    """Raise NonFiniteError if `values` hold NaN or infinity. The loop calls it once per step on the
+    latents (one reduction over a few thousand numbers and one wait for the device, next to a
+    ControlNet and a UNet call), so a model with NaN weights stops at its first step."""
+    if not torch.isfinite(values).all():
+        raise NonFiniteError(
+            f"NaN or infinite values in {what}: the model's weights hold NaN or infinite values (check "
+            f"or download the model files again), or a computation overflowed (with fp16 weights, try fp32)"
+        )
 
 
 def guidance_halves(settings: Settings) -> int:

@@ -43,11 +43,16 @@ def assert_close(a: torch.Tensor, b: torch.Tensor, atol: float) -> None:
 
 def _serve(engine):
     """FineControl Studio on `engine`, served on 127.0.0.1 until the generator closes."""
-    from finecontrol.ui.demo import CSS, build_demo, queue
+    from finecontrol.ui.demo import CSS, MAX_UPLOAD_BYTES, build_demo, queue
 
-    demo = queue(build_demo(engine))  # as app.py queues it
+    demo = queue(build_demo(engine))  # as app.py queues and launches it
     _, url, _ = demo.launch(
-        server_name="127.0.0.1", server_port=_free_port(), prevent_thread_lock=True, quiet=True, css=CSS
+        server_name="127.0.0.1",
+        server_port=_free_port(),
+        prevent_thread_lock=True,
+        quiet=True,
+        css=CSS,
+        max_file_size=MAX_UPLOAD_BYTES,
     )
     yield url.rstrip("/")
     demo.close()

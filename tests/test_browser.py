@@ -385,3 +385,40 @@ def test_keyboard_selects_the_person_being_written_for_nudges_and_reaches_every_
     page.keyboard.press("Tab")  # from Redo: the canvas size, then the reference image's file chooser
     page.keyboard.press("Tab")
     assert page.evaluate("document.activeElement.className") == "fc-background"
+
+
+HOSTILE_HOST = "198.51.100.7"  # TEST-NET-2: a request to it would fail the page fixture
+HOSTILE_PROMPTS = [
+    f"a knight` ![t](http://{HOSTILE_HOST}/track.png) `",
+    f'<img src="http://{HOSTILE_HOST}/img.png"> and <script>window.pwned = 1</script>',
+    f"[a link](http://{HOSTILE_HOST}/link) **not bold** ``two`` ![x](//{HOSTILE_HOST}/x.png)",
+]
+
+
+def test_hostile_prompts_show_as_typed_and_load_nothing(page):
+    """Prompts with backticks, Markdown images and links, raw HTML and a script: the prompts used
+    show them as typed, and no request leaves 127.0.0.1 (the page fixture fails on one)."""
+    for _ in HOSTILE_PROMPTS:
+        add_person(page)
+    for i, text in enumerate(HOSTILE_PROMPTS):
+        page.fill(f".fc-card[data-index='{i}'] .fc-prompt", text)
+    page.fill("#setting textarea", f"in a forest\n\n![t](http://{HOSTILE_HOST}/after-a-blank-line.png)")
+    page.click("#generate-button")
+    used = page.locator("#prompts-used")
+    expect(used).to_contain_text("Person 3:", timeout=120_000)
+    for text in HOSTILE_PROMPTS:
+        expect(used).to_contain_text(f"{text} in a forest↵↵![t](http://{HOSTILE_HOST}/after-a-blank-line.png)")
+    assert used.locator("img, a, script").count() == used.locator("strong", has_text="not bold").count() == 0
+    assert page.evaluate("window.pwned") is None
+
+
+def test_an_imported_file_with_hostile_text_shows_the_error_as_text(page, tmp_path):
+    """The import error quotes the file's bad field; the message shows the HTML as text."""
+    hostile = tmp_path / "hostile.json"
+    hostile.write_text(json.dumps({"format": f"<img src=http://{HOSTILE_HOST}/toast.png>", "people": []}))
+    page.click("text=Import / export")
+    page.locator("#import-file input[type=file]").set_input_files(str(hostile))
+    toast = page.get_by_test_id("toast-body").filter(has_text="Could not import hostile.json")
+    expect(toast).to_contain_text(f"<img src=http://{HOSTILE_HOST}/toast.png>", timeout=30_000)
+    assert toast.locator("img").count() == 0
+    assert str(tmp_path) not in toast.inner_text()

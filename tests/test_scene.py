@@ -170,3 +170,10 @@ def test_a_person_entirely_off_the_canvas_is_read_with_a_note():
         "person 2 is outside the canvas: nothing of them shows, so they cannot be generated until moved in"
     ]
     assert not scene_from_dict(openpose_doc([standing(150), translate(standing(150), 300, 0)])).notes
+
+
+def test_generating_a_person_outside_the_canvas_is_refused_before_any_work(tiny, monkeypatch):
+    scene = scene_from_dict(openpose_doc([standing(150), translate(standing(150), 700, 0)]))
+    monkeypatch.setattr(type(tiny.unet), "forward", lambda *a, **k: pytest.fail("the model ran"))
+    with pytest.raises(SceneError, match="person 2 is outside the canvas: nothing of them shows"):
+        tiny(scene)

@@ -175,9 +175,7 @@ def test_importing_plain_openpose_json_leaves_the_settings_alone(tmp_path):
     assert all(isinstance(k, type(gr.skip())) for k in knobs)
 
 
-@pytest.mark.parametrize(
-    "content, message", [(b"{oops", "not valid JSON"), (b"\x89PNG\r\n\x1a\n", "a truncated PNG")]
-)
+@pytest.mark.parametrize("content, message", [(b"{oops", "not valid JSON"), (b"\x89PNG\r\n\x1a\n", "a truncated PNG")])
 def test_bad_imports_are_refused_with_a_reason(tmp_path, content, message):
     path = tmp_path / ("bad.png" if content.startswith(b"\x89") else "bad.json")
     path.write_bytes(content)

@@ -18,7 +18,7 @@ from finecontrol.scene import DEFAULT_NEGATIVE_PROMPT
 from finecontrol.settings import Settings, knobs, random_seed
 from finecontrol.ui import handlers
 from finecontrol.ui.editor import PoseEditor
-from finecontrol.ui.engine import Engine
+from finecontrol.ui.engine import Engine, call_cancellable, iterate_cancellable
 
 INTRO = """# FineControl Studio
 Compose several people, **each with their own pose and their own description**, in one scene
@@ -38,6 +38,11 @@ CSS = """
 # core; on 2 cores those wake-ups made a toy-model generation in the app 0.14 s slower (0.87 s
 # against 0.74 s). 10 ms (1.5 % of a core) is far below what a person notices before an event starts.
 QUEUE_POLL_SECONDS = 0.01
+# Largest upload Gradio accepts (`launch(max_file_size=...)`): scene JSON, FineControl PNGs and photos.
+MAX_UPLOAD_BYTES = 20 * 1024 * 1024
+# Gradio deletes the files it cached for this app (results, grids, uploads) every
+# CACHE_SWEEP_SECONDS once they are older than CACHE_MAX_SECONDS (`gr.Blocks(delete_cache=...)`).
+CACHE_SWEEP_SECONDS, CACHE_MAX_SECONDS = 300, 1800
 
 
 def queue(demo: gr.Blocks, max_size: int = 20) -> gr.Blocks:
@@ -62,6 +67,52 @@ class InlineImage(gr.Image):
         return super().postprocess(value)
 
 
+class PhotoInput(gr.Image):
+    """A gr.Image input handed to the handler as the uploaded file's path, undecoded: gr.Image
+    opens every upload itself, where Pillow refuses a huge one with a bare "Error"; the handler
+    checks the size first and says what to do (`handlers.read_photo`)."""
+
+    is_template = True  # the browser side is gr.Image's own
+
+    def preprocess(self, payload):
+        if payload is not None and payload.path is not None and not (payload.url or "").startswith("data:"):
+            return str(payload.path)
+        return super().preprocess(payload)
+
+
+# The text boxes and the Advanced panel's inputs hand the handler their values as they came, and
+# the handlers check them (`parse_scene`, `parse_settings`): Gradio's own preprocessing answers text
+# in a slider or a list in a number box with a bare "Error", echoes a dropdown value that is not a
+# choice whole, rounds 3.5 in a whole-number box to 4 and turns a list sent as text into "['a']",
+# without a word. The browser sides are Gradio's.
+class CheckedSlider(gr.Slider):
+    is_template = True
+
+    def preprocess(self, payload):
+        return payload
+
+
+class CheckedNumber(gr.Number):
+    is_template = True
+
+    def preprocess(self, payload):
+        return payload
+
+
+class CheckedDropdown(gr.Dropdown):
+    is_template = True
+
+    def preprocess(self, payload):
+        return payload
+
+
+class CheckedTextbox(gr.Textbox):
+    is_template = True
+
+    def preprocess(self, payload):
+        return payload
+
+
 def data_url(image: Image.Image | np.ndarray, format: str = "webp") -> str:
     """`image` encoded as `format` in a data URL."""
     if isinstance(image, np.ndarray):
@@ -81,9 +132,9 @@ def knob_components(defaults: Settings, per_row: int = 3) -> dict[str, gr.compon
             for name, value in zip(names[start : start + per_row], values[start : start + per_row]):
                 knob, elem_id = knobs()[name], name.replace("_", "-")
                 if knob.widget == "dropdown":
-                    component = gr.Dropdown(list(knob.choices), value=value, label=knob.label, elem_id=elem_id)
+                    component = CheckedDropdown(list(knob.choices), value=value, label=knob.label, elem_id=elem_id)
                 elif knob.widget == "slider":
-                    component = gr.Slider(
+                    component = CheckedSlider(
                         knob.low if knob.ui_none is None else min(knob.low, knob.ui_none),
                         knob.high,
                         value=value,
@@ -92,11 +143,11 @@ def knob_components(defaults: Settings, per_row: int = 3) -> dict[str, gr.compon
                         elem_id=elem_id,
                     )
                 elif knob.widget == "number":
-                    component = gr.Number(
+                    component = CheckedNumber(
                         value=value, precision=0 if knob.kind == "int" else None, label=knob.label, elem_id=elem_id
                     )
                 else:
-                    component = gr.Textbox(value=value, label=knob.label, elem_id=elem_id)
+                    component = CheckedTextbox(value=value, label=knob.label, elem_id=elem_id)
                 components[name] = component
     return components
 
@@ -113,15 +164,21 @@ def build_demo(engine: Engine, annotators: str = DEFAULT_ANNOTATORS) -> gr.Block
     def detector():
         return load_pose_detector(annotators)
 
-    # analytics off: the app never calls home; cached outputs older than an hour are deleted hourly
-    with gr.Blocks(title="FineControl Studio", analytics_enabled=False, delete_cache=(3600, 3600)) as demo:
+    # analytics off: the app never calls home
+    with gr.Blocks(
+        title="FineControl Studio", analytics_enabled=False, delete_cache=(CACHE_SWEEP_SECONDS, CACHE_MAX_SECONDS)
+    ) as demo:
         gr.Markdown(INTRO)
         gr.Markdown(engine.describe(), elem_id="model-info")
         with gr.Row():
             with gr.Column(scale=3):
                 editor = PoseEditor(elem_id="pose-editor")
-                setting = gr.Textbox(label="Setting, shared by everyone", placeholder="in a forest", elem_id="setting")
-                negative = gr.Textbox(label="Negative prompt, for everyone", value=default_negative, elem_id="negative")
+                setting = CheckedTextbox(
+                    label="Setting, shared by everyone", placeholder="in a forest", elem_id="setting"
+                )
+                negative = CheckedTextbox(
+                    label="Negative prompt, for everyone", value=default_negative, elem_id="negative"
+                )
                 with gr.Row():
                     masks_button = gr.Button("Show masks", elem_id="masks-button")
                     generate_button = gr.Button("Generate", variant="primary", elem_id="generate-button")
@@ -130,7 +187,7 @@ def build_demo(engine: Engine, annotators: str = DEFAULT_ANNOTATORS) -> gr.Block
                     knob_inputs = knob_components(defaults)
                     with gr.Row():
                         random_button = gr.Button("Random seed", size="sm")
-                        extra_seeds = gr.Slider(0, 3, value=0, step=1, label="Compare: extra seeds")
+                        extra_seeds = CheckedSlider(0, 3, value=0, step=1, label="Compare: extra seeds")
                 with gr.Accordion("Import / export", open=False):
                     with gr.Row():
                         export_button = gr.Button("Export scene JSON", elem_id="export-button")
@@ -141,7 +198,9 @@ def build_demo(engine: Engine, annotators: str = DEFAULT_ANNOTATORS) -> gr.Block
                         elem_id="import-file",
                     )
                     with gr.Row():
-                        photo = gr.Image(label="Pose from a photo", type="numpy", sources=["upload"])
+                        photo = PhotoInput(
+                            label="Pose from a photo", type="filepath", image_mode=None, sources=["upload"]
+                        )
                         photo_button = gr.Button("Add the people in this photo")
                 preset = gr.Textbox(visible=False)
                 gr.Examples(
@@ -173,11 +232,21 @@ def build_demo(engine: Engine, annotators: str = DEFAULT_ANNOTATORS) -> gr.Block
         knobs = [knob_inputs[name] for name in handlers.KNOB_FIELDS]
         scene_inputs = [editor, setting, negative]
 
-        def run_generate(value, setting_text, negative_text, *knob_values, progress=gr.Progress()):
-            yield from handlers.generate(engine, value, setting_text, negative_text, *knob_values, progress=progress)
+        # async, so that Gradio's cancel reaches them while a generation runs (engine.py, "Cancelling")
+        async def run_generate(value, setting_text, negative_text, *knob_values, progress=gr.Progress()):
+            async for update in iterate_cancellable(
+                lambda cancel: handlers.generate(
+                    engine, value, setting_text, negative_text, *knob_values, progress=progress, cancel=cancel
+                )
+            ):
+                yield update
 
-        def run_compare(value, setting_text, negative_text, extra, *knob_values, progress=gr.Progress()):
-            return handlers.compare(engine, value, setting_text, negative_text, extra, *knob_values, progress=progress)
+        async def run_compare(value, setting_text, negative_text, extra, *knob_values, progress=gr.Progress()):
+            return await call_cancellable(
+                lambda cancel: handlers.compare(
+                    engine, value, setting_text, negative_text, extra, *knob_values, progress=progress, cancel=cancel
+                )
+            )
 
         def run_photo(image, value, setting_text, negative_text):
             return handlers.pose_from_photo(lambda img: detector()(img), image, value, setting_text, negative_text)

@@ -8,14 +8,21 @@ operations any more, so each of a step's many small operations pays a wake-up. M
 cores, toy model, 2 people, 20 steps: 0.79 s per image on the thread that loaded the model,
 2.04 s on another one, and 2.11 s on it too once a masks preview had run on a third (2.06 s in one
 thread with OMP_WAIT_POLICY=passive, against 0.74 s). Gradio runs handlers on a pool of threads.
+
+Cancelling: Gradio cancels an event by cancelling its asyncio task. A plain (sync) handler runs on a
+worker thread that nobody stops, and a sync generator is closed only once its current item is
+done, so a cancelled Compare ran to its end and held the torch thread. The app's long handlers
+therefore run through `iterate_cancellable` / `call_cancellable`, which set a `cancel` event the
+moment the task is cancelled; the step callback checks it and raises `GenerationCancelled`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
@@ -29,6 +36,7 @@ from finecontrol.pipeline import FineControlPipeline, Generation, StepCallback
 from finecontrol.previews import previewer_for
 from finecontrol.scene import Scene
 from finecontrol.settings import Settings
+from finecontrol.ui.text import code_span, without_server_paths
 
 _TORCH_THREAD_NAME = "finecontrol-torch"
 TORCH_THREAD = ThreadPoolExecutor(max_workers=1, thread_name_prefix=_TORCH_THREAD_NAME)
@@ -64,6 +72,41 @@ def run_between_steps() -> None:
                 future.set_result(call())
             except BaseException as err:  # raised in the caller's thread
                 future.set_exception(err)
+
+
+class GenerationCancelled(Exception):
+    """Raised by a generation's step callback once its job was cancelled: the denoising loop stops
+    after the step that was running, and the torch thread is free for the next job."""
+
+
+_FINISHED = object()
+
+
+async def iterate_cancellable(make: Callable[[threading.Event], Iterator[T]]) -> AsyncIterator[T]:
+    """The items of the sync generator `make(cancel)`, each computed on a worker thread (in the
+    caller's context variables, where Gradio's progress finds its event). Cancelling the task that
+    iterates (Gradio's cancel) or closing this generator sets `cancel` at once, even while an item
+    is being computed; the worker thread is left to stop by itself (within a step)."""
+    cancel = threading.Event()
+    iterator = make(cancel)
+    try:
+        while True:
+            item = await asyncio.to_thread(next, iterator, _FINISHED)
+            if item is _FINISHED:
+                return
+            yield item
+    finally:
+        cancel.set()  # a no-op once the generator is exhausted
+
+
+async def call_cancellable(fn: Callable[[threading.Event], T]) -> T:
+    """`fn(cancel)` on a worker thread; cancelling the awaiting task (Gradio's cancel) sets `cancel`
+    at once, and `fn` is left to stop by itself (within a step)."""
+    cancel = threading.Event()
+    try:
+        return await asyncio.to_thread(fn, cancel)
+    finally:
+        cancel.set()
 
 
 @dataclass
@@ -113,7 +156,8 @@ class Engine:
     def describe(self) -> str:
         """One line of Markdown for the UI: which model is active and what to expect of it."""
         if self.error:
-            return f"**Model `{self.name}` could not be loaded** - {self.error}"
+            name, reason = code_span(Path(self.name).name or self.name), code_span(without_server_paths(self.error))
+            return f"**Model {name} could not be loaded** - {reason}"
         where = f"{self.pipe.device.type}, {str(self.pipe.dtype).replace('torch.', '')}"
         text = f"Model: **`{Path(self.name).name or self.name}`** ({where})"
         if self.random_weights:
@@ -124,7 +168,7 @@ class Engine:
         if self.knows_words:
             text += (
                 " - a small model trained on a toy world of coloured stick figures; the words it "
-                f"knows: {', '.join(self.pipe.info.vocabulary)}. Prompts like `a red person`, "
+                f"knows: {code_span(', '.join(self.pipe.info.vocabulary))}. Prompts like `a red person`, "
                 "setting `on grass`, `in snow`, `on a beach` or `at night`."
             )
         return text

@@ -6,20 +6,23 @@ specific message and the user's scene stays as it was (handlers never rewrite th
 
 from __future__ import annotations
 
-import json
+import contextvars
 import math
 import queue
 import tempfile
+import threading
 import time
 import uuid
+import warnings
 from collections.abc import Callable, Iterator
+from contextlib import closing
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import gradio as gr
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from finecontrol.metadata import read_png, save_png
 from finecontrol.paths import ASSETS
@@ -32,12 +35,15 @@ from finecontrol.scene import (
     Person,
     Scene,
     SceneError,
+    brief,
     load_scene,
+    parse_json,
     scene_from_dict,
 )
 from finecontrol.settings import COMPARED_METHODS, MAX_SEED, Settings
 from finecontrol.settings import knobs as knobs_spec
-from finecontrol.ui.engine import TORCH_THREAD, Engine, on_torch_thread, run_between_steps
+from finecontrol.ui.engine import TORCH_THREAD, Engine, GenerationCancelled, on_torch_thread, run_between_steps
+from finecontrol.ui.text import code_span, shorten, shown
 
 PRESETS = ASSETS / "scenes"
 PREVIEW_EVERY = 4  # steps between live previews
@@ -50,15 +56,29 @@ KNOB_FIELDS = tuple(name for name, knob in knobs_spec().items() if knob.widget)
 _INTEGER_FIELDS = {name for name in KNOB_FIELDS if knobs_spec()[name].kind == "int"}
 
 _OUTPUT_DIR = Path(tempfile.mkdtemp(prefix="finecontrol-"))
+# The output folder keeps at most this many files (results, grids, exported scenes), none older than
+# OUTPUT_MAX_SECONDS. Gradio copies each file to its own cache when the handler returns, so only
+# the newest few are ever read again.
+MAX_OUTPUT_FILES = 64
+OUTPUT_MAX_SECONDS = 3600
+_OUTPUT_LOCK = threading.Lock()  # Gradio runs handlers on several threads
 
 
 def _output_path(name: str, suffix: str) -> Path:
-    """A fresh file in the app's output folder; files older than an hour are removed first
-    (Gradio has copied them to its own cache by then)."""
-    cutoff = time.time() - 3600
-    for old in _OUTPUT_DIR.iterdir():
-        if old.stat().st_mtime < cutoff:
-            old.unlink(missing_ok=True)
+    """A fresh file name in the app's output folder, after removing files older than
+    OUTPUT_MAX_SECONDS and the oldest beyond MAX_OUTPUT_FILES - 1 (room for this one)."""
+    cutoff = time.time() - OUTPUT_MAX_SECONDS
+    with _OUTPUT_LOCK:
+        dated = []
+        for path in _OUTPUT_DIR.iterdir():
+            try:
+                dated.append((path.stat().st_mtime, path))
+            except FileNotFoundError:  # removed meanwhile by someone else
+                continue
+        dated.sort(reverse=True)
+        for rank, (mtime, path) in enumerate(dated):
+            if rank >= MAX_OUTPUT_FILES - 1 or mtime < cutoff:
+                path.unlink(missing_ok=True)
     return _OUTPUT_DIR / f"{name}-{uuid.uuid4().hex[:8]}{suffix}"
 
 
@@ -66,14 +86,16 @@ def parse_scene(value: Any, setting: str | None, negative: str | None) -> Scene:
     """The canvas value plus the setting and negative prompt boxes, validated into a Scene."""
     if isinstance(value, str):
         try:
-            value = json.loads(value)
-        except json.JSONDecodeError as err:
-            raise gr.Error("The pose canvas sent something that is not a scene (not JSON).") from err
+            value = parse_json(value)
+        except SceneError as err:
+            raise gr.Error(shown(f"The pose canvas sent something that is not a scene: {err}")) from err
     if not isinstance(value, dict):
-        raise gr.Error("The pose canvas sent no scene: reload the page.")
+        raise gr.Error(
+            f"The pose canvas sent no scene (a {type(value).__name__}, not an object with 'people'): reload the page."
+        )
     for name, text in (("setting", setting), ("negative prompt", negative)):
         if text is not None and not isinstance(text, str):
-            raise gr.Error(f"The {name} must be text.")
+            raise gr.Error(f"The {name} must be text, not a {type(text).__name__}.")
     doc = {
         **value,
         "setting": setting or "",
@@ -82,7 +104,7 @@ def parse_scene(value: Any, setting: str | None, negative: str | None) -> Scene:
     try:
         return scene_from_dict(doc)
     except SceneError as err:
-        raise gr.Error(f"Invalid scene: {err}") from err
+        raise gr.Error(shown(f"Invalid scene: {err}")) from err
 
 
 def require_people(scene: Scene) -> None:
@@ -93,7 +115,7 @@ def require_people(scene: Scene) -> None:
 def parse_settings(*knobs: Any) -> Settings:
     """Settings from the Advanced panel's values (in KNOB_FIELDS order), with readable errors."""
     if len(knobs) != len(KNOB_FIELDS):
-        raise gr.Error(f"expected {len(KNOB_FIELDS)} settings, got {len(knobs)}")
+        raise gr.Error(f"expected {len(KNOB_FIELDS)} settings ({', '.join(KNOB_FIELDS)}), got {len(knobs)}")
     values, knobs_by_name = {}, knobs_spec()
     for name, value in zip(KNOB_FIELDS, knobs):
         ui_none = knobs_by_name[name].ui_none
@@ -106,7 +128,7 @@ def parse_settings(*knobs: Any) -> Settings:
     try:
         return Settings(**values)
     except (TypeError, ValueError) as err:
-        raise gr.Error(f"Invalid setting: {err}") from err
+        raise gr.Error(shown(f"Invalid setting: {err}")) from err
 
 
 def knob_values(settings: Settings) -> list[Any]:
@@ -133,8 +155,8 @@ def error_message(err: BaseException) -> str:
     if isinstance(err, torch.OutOfMemoryError) or "out of memory" in str(err).lower():
         return "Out of memory: try fewer people, a smaller canvas, fewer steps or the fp16 model."
     if isinstance(err, (SceneError, ValueError, RuntimeError)):
-        return str(err)
-    return f"Generation failed: {type(err).__name__}: {err}"
+        return shown(str(err))
+    return shown(f"Generation failed: {type(err).__name__}: {err}")
 
 
 def masks_preview(value: Any, setting: str, negative: str, *knobs: Any) -> np.ndarray:
@@ -155,33 +177,45 @@ def masks_preview(value: Any, setting: str, negative: str, *knobs: Any) -> np.nd
 
 
 def prompts_markdown(result: Generation) -> str:
-    """The exact texts the model was given, as Markdown."""
+    """The exact texts the model was given, as Markdown; each text in a code span, so a prompt
+    shows as typed and never as Markdown or HTML (an imported scene's prompt cannot load images)."""
     p = result.prompts
     lines = [
         f"**Seed** {result.settings.seed} - **method** {result.settings.method} - "
         f"**size** {result.image.width}x{result.image.height}"
     ]
     if result.settings.method == "controlnet":
-        lines.append(f"- Global prompt: `{p.global_prompt}`")
+        lines.append(f"- Global prompt: {code_span(p.global_prompt)}")
     else:
-        lines += [f"- Person {i + 1}: `{text}`" for i, text in enumerate(p.people)]
+        lines += [f"- Person {i + 1}: {code_span(text)}" for i, text in enumerate(p.people)]
         if result.settings.method == "multicontrolnet":
-            lines.append(f"- UNet (global) prompt: `{p.global_prompt}`")
+            lines.append(f"- UNet (global) prompt: {code_span(p.global_prompt)}")
     negatives = sorted(set(p.people_negative) | {p.global_negative})
-    lines += [f"- Negative: `{text}`" for text in negatives]
+    lines += [f"- Negative: {code_span(text)}" for text in negatives]
     return "\n".join(lines)
 
 
 def _run_with_previews(
-    engine: Engine, scene: Scene, settings: Settings, progress, label: str = "", previews: bool = True
+    engine: Engine,
+    scene: Scene,
+    settings: Settings,
+    progress,
+    label: str = "",
+    previews: bool = True,
+    cancel: threading.Event | None = None,
 ) -> Iterator[Image.Image | Generation]:
     """Run one generation on the torch thread; yield preview images while it runs (if `previews`:
-    every PREVIEW_EVERY steps, PREVIEW_MIN_SECONDS apart at least), then the result."""
+    every PREVIEW_EVERY steps, PREVIEW_MIN_SECONDS apart at least), then the result. Once `cancel`
+    is set, or this generator is closed before the result, the generation stops after the step
+    that is running (GenerationCancelled), or does not start."""
+    cancel = cancel or threading.Event()
     updates: queue.Queue = queue.Queue()
     last_preview = _clock()
 
     def on_step(step: int, total: int, x0) -> None:
         nonlocal last_preview
+        if cancel.is_set():
+            raise GenerationCancelled(f"{label}cancelled after step {step + 1}/{total}")
         run_between_steps()  # masks previews or pose detection asked for meanwhile
         progress((step + 1, total), desc=f"{label}step {step + 1}/{total}")
         due = (step + 1) % PREVIEW_EVERY == 0 and step + 1 < total
@@ -191,32 +225,50 @@ def _run_with_previews(
 
     def work() -> None:
         try:
+            if cancel.is_set():
+                raise GenerationCancelled(f"{label}cancelled before it started")
             updates.put(("done", engine.generate(scene, settings, on_step)))
         except BaseException as err:  # reported to the user below
             updates.put(("error", err))
 
-    TORCH_THREAD.submit(work)
-    while True:
-        kind, payload = updates.get()
-        if kind == "error":
-            raise gr.Error(error_message(payload))
-        yield payload
-        if kind == "done":
-            return
+    # in the caller's context: Gradio finds the event that `progress` reports to in context variables
+    TORCH_THREAD.submit(contextvars.copy_context().run, work)
+    kind = None
+    try:
+        while kind != "done":
+            kind, payload = updates.get()
+            if isinstance(payload, GenerationCancelled):
+                raise payload
+            if kind == "error":
+                raise gr.Error(error_message(payload))
+            yield payload
+    finally:
+        if kind not in ("done", "error"):  # closed early: the user cancelled, or the caller failed
+            cancel.set()
 
 
 def generate(
-    engine: Engine, value: Any, setting: str, negative: str, *knobs: Any, progress: Callable = lambda *a, **k: None
+    engine: Engine,
+    value: Any,
+    setting: str,
+    negative: str,
+    *knobs: Any,
+    progress: Callable = lambda *a, **k: None,
+    cancel: threading.Event | None = None,
 ) -> Iterator[tuple]:
-    """Yields (image, control map, mask overlay, prompts) - previews first, then the PNG file."""
+    """Yields (image, control map, mask overlay, prompts) - previews first, then the PNG file.
+    Setting `cancel`, or closing this generator, stops the generation within one step.
+    A preview clears the other outputs (None): `gr.skip()` would have Gradio build a new component
+    for each of them in the session's state, 3 objects kept per preview for as long as the session."""
     scene = parse_scene(value, setting, negative)
     require_people(scene)
     settings = parse_settings(*knobs)
-    for item in _run_with_previews(engine, scene, settings, progress):
-        if isinstance(item, Generation):
-            result = item
-        else:
-            yield item, gr.skip(), gr.skip(), gr.skip()
+    with closing(_run_with_previews(engine, scene, settings, progress, cancel=cancel)) as run:
+        for item in run:
+            if isinstance(item, Generation):
+                result = item
+            else:
+                yield item, None, None, None
     path = _output_path(f"finecontrol-{settings.method}-{settings.seed}", ".png")
     save_png(result.image, path, scene, settings, model=engine.name)
     size = (result.image.width, result.image.height)
@@ -232,8 +284,11 @@ def compare(
     extra_seeds: Any,
     *knobs: Any,
     progress: Callable = lambda *a, **k: None,
+    cancel: threading.Event | None = None,
 ) -> str:
-    """FineControlNet, ControlNet and MultiControlNet with the same seeds, as a labelled grid PNG."""
+    """FineControlNet, ControlNet and MultiControlNet with the same seeds, as a labelled grid PNG.
+    Once `cancel` is set the running generation stops within one step and no other one starts
+    (GenerationCancelled)."""
     scene = parse_scene(value, setting, negative)
     require_people(scene)
     settings = parse_settings(*knobs)
@@ -251,6 +306,7 @@ def compare(
                 progress,
                 label=f"{method}, seed {seed}: ",
                 previews=False,
+                cancel=cancel,
             )
             row.append(result.image)
         rows.append(row)
@@ -279,24 +335,32 @@ def export_scene(value: Any, setting: str, negative: str) -> str:
 def import_file(path: str | None) -> tuple:
     """Scene JSON, plain OpenPose JSON or a FineControl PNG -> (canvas, setting, negative, *knobs).
     A PNG also restores the settings it was made with (a warning names those the panel does not
-    offer, such as a CLI --width); JSON leaves them as they are."""
+    offer, such as a CLI --width); JSON leaves them as they are. Messages name the file by its
+    name (at most MAX_ECHO_CHARS), never by its folder on the server."""
     if not path:
-        raise gr.Error("No file received.")
+        raise gr.Error("No file received: choose a scene JSON, an OpenPose JSON or a FineControl PNG.")
+    if not isinstance(path, (str, Path)):
+        raise gr.Error(f"Expected an uploaded file, got a {type(path).__name__}.")
+    name, is_png = shorten(Path(path).name), Path(path).suffix.lower() == ".png"
     try:
-        if Path(path).suffix.lower() == ".png":
+        if is_png:
             scene, settings = read_png(path)
             knobs = knob_values(settings)
         else:
             scene, knobs = load_scene(path), [gr.skip()] * len(KNOB_FIELDS)
-    except (SceneError, ValueError) as err:
-        raise gr.Error(f"Could not import {Path(path).name}: {err}") from err
-    if Path(path).suffix.lower() == ".png" and (dropped := not_in_panel(settings)):
-        listed = ", ".join(f"{name} {value}" for name, value in dropped.items())
+    except (SceneError, ValueError, OSError, RecursionError) as err:
+        raise gr.Error(shown(f"Could not import {name}: {err}")) from err
+    if is_png and (dropped := not_in_panel(settings)):
+        listed = ", ".join(f"{key} {value}" for key, value in dropped.items())
         gr.Warning(
-            f"{Path(path).name} was made with {listed}, which this app does not offer: generating here "
-            f"uses the defaults instead. `python -m finecontrol generate {Path(path).name}` reproduces it."
+            shown(
+                f"{name} was made with {listed}, which this app does not offer: generating here "
+                f"uses the defaults instead. `python -m finecontrol generate {name}` reproduces it."
+            )
         )
-    gr.Info(f"Imported {len(scene.people)} people from {Path(path).name}.")
+    for note in scene.notes:
+        gr.Warning(shown(f"{name}: {note}"))
+    gr.Info(shown(f"Imported {len(scene.people)} people from {name}."))
     return (scene.to_dict(), scene.setting, scene.negative_prompt, *knobs)
 
 
@@ -306,8 +370,9 @@ def preset_names(folder: Path = PRESETS) -> list[str]:
 
 def load_preset(name: str, folder: Path = PRESETS) -> tuple:
     """A scene from assets/scenes (or a model's own presets folder) -> (canvas, setting, negative)."""
-    if name not in preset_names(folder):
-        raise gr.Error(f"Unknown preset {name!r}.")
+    known = preset_names(folder)
+    if not isinstance(name, str) or name not in known:
+        raise gr.Error(shown(f"Unknown preset {brief(name)}: the presets are {', '.join(known)}."))
     scene = load_scene(folder / f"{name}.json")
     return scene.to_dict(), scene.setting, scene.negative_prompt
 
@@ -328,13 +393,48 @@ def poses_from_detection(bodies: list, image_size: tuple[int, int], canvas_size:
     return poses
 
 
+# A photo larger than this is refused before its pixels are decoded: a small PNG can declare
+# 12000 x 12000 pixels, 432 MB once decoded. 50 MP holds a 48 MP phone photo (150 MB decoded).
+MAX_PHOTO_PIXELS = 50_000_000
+# The detector is given the photo at most this many pixels long (OpenPose itself looks at a 368 px
+# high copy), so a large photo costs one decode and no more.
+PHOTO_DETECT_SIDE = 1024
+
+
+def read_photo(path: str | Path) -> np.ndarray:
+    """The photo at `path` as an RGB array (upright by its EXIF orientation) at most
+    PHOTO_DETECT_SIDE pixels long; refused with a gr.Error above MAX_PHOTO_PIXELS, checked from the
+    file's header before any pixel is decoded."""
+    name = Path(path).name
+    refuse = f"at most {MAX_PHOTO_PIXELS / 1e6:g} megapixels: scale the photo down and upload it again"
+    try:
+        with warnings.catch_warnings():  # Pillow warns of large images when opening; refused below
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(path)
+        with image:
+            width, height = image.size
+            if width * height > MAX_PHOTO_PIXELS:
+                raise gr.Error(f"{name} is {width}x{height} pixels, too large for pose detection ({refuse}).")
+            image.draft("RGB", (PHOTO_DETECT_SIDE, PHOTO_DETECT_SIDE))  # JPEG: decoded at a reduced scale
+            upright = ImageOps.exif_transpose(image).convert("RGB")
+    except Image.DecompressionBombError as err:  # Pillow's own limit, met in the header
+        raise gr.Error(f"{name} is too large for pose detection ({refuse}).") from err
+    except (OSError, SyntaxError, ValueError) as err:  # not an image, truncated, corrupt
+        raise gr.Error(f"Could not read {name} as an image: {err}") from err
+    upright.thumbnail((PHOTO_DETECT_SIDE, PHOTO_DETECT_SIDE))
+    return np.asarray(upright)
+
+
 def pose_from_photo(
-    detect: Callable[[np.ndarray], list], image: np.ndarray | None, value: Any, setting: str, negative: str
+    detect: Callable[[np.ndarray], list], image: str | Path | np.ndarray | None, value: Any, setting: str, negative: str
 ) -> dict:
-    """Add the people found in a photo to the canvas (keeping the people already there)."""
+    """Add the people found in a photo (a file, as the app passes it, or an RGB array) to the
+    canvas, keeping the people already there."""
     if image is None:
         raise gr.Error("Upload a photo first.")
     scene = parse_scene(value, setting, negative)
+    if isinstance(image, (str, Path)):
+        image = read_photo(image)
     try:
         bodies = on_torch_thread(detect, image, between_steps=True)
     except Exception as err:
