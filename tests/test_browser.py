@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from finecontrol.pose import LIMBS, NUM_KEYPOINTS, mirror, rotate
+from finecontrol.pose import LIMBS, NUM_KEYPOINTS, mirror, rotate, template_pose
 from finecontrol.scene import MAX_CONTROL_STRENGTH
 from finecontrol.ui.editor import ROTATE_STEP
 
@@ -236,6 +236,19 @@ def test_export_then_reimport_the_scene(page, tmp_path):
     page.locator("#import-file input[type=file]").set_input_files(str(exported))
     expect(page.locator(".fc-card[data-index='0'] .fc-prompt")).to_have_value("a knight", timeout=30_000)
     assert len(scene(page)["people"]) == 1
+
+
+def test_importing_plain_openpose_keeps_the_negative_prompt_and_counts_in_words(page, tmp_path):
+    """A plain OpenPose file has no negative prompt: the one in the box stays."""
+    pose = template_pose("standing", 256, 480, 380)
+    plain = tmp_path / "openpose.json"
+    plain.write_text(json.dumps({"people": [{"pose_keypoints_2d": pose.reshape(-1).tolist()}]}))
+    page.fill("#negative textarea", "blurry, extra limbs")
+    page.click("text=Import / export")
+    page.locator("#import-file input[type=file]").set_input_files(str(plain))
+    expect(page.get_by_text("Imported 1 person from openpose.json.")).to_be_visible(timeout=30_000)
+    assert len(scene(page)["people"]) == 1
+    expect(page.locator("#negative textarea")).to_have_value("blurry, extra limbs")
 
 
 def test_skeleton_tools_duplicate_mirror_scale_rotate_hide_resize_delete(page):

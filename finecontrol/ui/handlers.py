@@ -335,8 +335,9 @@ def export_scene(value: Any, setting: str, negative: str) -> str:
 def import_file(path: str | None) -> tuple:
     """Scene JSON, plain OpenPose JSON or a FineControl PNG -> (canvas, setting, negative, *knobs).
     A PNG also restores the settings it was made with (a warning names those the panel does not
-    offer, such as a CLI --width); JSON leaves them as they are. Messages name the file by its
-    name (at most MAX_ECHO_CHARS), never by its folder on the server."""
+    offer, such as a CLI --width); JSON leaves them as they are, and a JSON file without a
+    negative prompt (plain OpenPose) leaves the negative prompt box as it is. Messages name the
+    file by its name (at most MAX_ECHO_CHARS), never by its folder on the server."""
     if not path:
         raise gr.Error("No file received: choose a scene JSON, an OpenPose JSON or a FineControl PNG.")
     if not isinstance(path, (str, Path)):
@@ -348,6 +349,9 @@ def import_file(path: str | None) -> tuple:
             knobs = knob_values(settings)
         else:
             scene, knobs = load_scene(path), [gr.skip()] * len(KNOB_FIELDS)
+            doc = parse_json(Path(path).read_text(encoding="utf-8"))  # (read above: valid)
+            frame = doc[0] if isinstance(doc, list) else doc
+            negative = scene.negative_prompt if "negative_prompt" in frame else gr.skip()
     except (SceneError, ValueError, OSError, RecursionError) as err:
         raise gr.Error(shown(f"Could not import {name}: {err}")) from err
     if is_png and (dropped := not_in_panel(settings)):
@@ -360,8 +364,9 @@ def import_file(path: str | None) -> tuple:
         )
     for note in scene.notes:
         gr.Warning(shown(f"{name}: {note}"))
-    gr.Info(shown(f"Imported {len(scene.people)} people from {name}."))
-    return (scene.to_dict(), scene.setting, scene.negative_prompt, *knobs)
+    count = len(scene.people)
+    gr.Info(shown(f"Imported {count} {'person' if count == 1 else 'people'} from {name}."))
+    return (scene.to_dict(), scene.setting, scene.negative_prompt if is_png else negative, *knobs)
 
 
 def preset_names(folder: Path = PRESETS) -> list[str]:
