@@ -167,7 +167,10 @@ def _load(args: argparse.Namespace, stored: Settings | None):
     dtype = DTYPES[args.dtype] if args.dtype else None
     if args.max_batch is not None and args.max_batch < 1:
         raise SettingsError(f"--max-batch must be at least 1, got {args.max_batch}")
-    _settings(args, stored, Settings())  # the flags' values, validated now
+    for name in knobs():  # each flag's value valid on its own now (the model's defaults come later)
+        if (value := getattr(args, name, None)) is not None:
+            pair = {"width": value, "height": value} if name in ("width", "height") else {name: value}
+            replace(Settings(), **pair)
     args.model = args.model or offline_default()
     pipe = load_model(args.model, controlnet=args.controlnet, device=args.device, dtype=dtype)
     pipe.max_batch = args.max_batch

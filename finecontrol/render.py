@@ -82,11 +82,13 @@ def skeleton_image(
     return canvas
 
 
-def people_off_canvas(poses: list[np.ndarray], canvas_size: tuple[int, int]) -> list[int]:
+def people_off_canvas(
+    poses: list[np.ndarray], canvas_size: tuple[int, int], stroke: int = ANNOTATOR_STICK_WIDTH
+) -> list[int]:
     """Indices of the poses of which nothing shows on the canvas (no limb or joint drawn inside
-    it): there is nothing to condition them on. Strokes count as reaching twice their width, so
-    that no pose that draws a pixel is listed."""
-    reach = 2 * ANNOTATOR_STICK_WIDTH
+    it): there is nothing to condition them on. Strokes (`stroke`: the larger of the stick width and
+    joint radius) count as reaching twice as far, so that no pose that draws a pixel is listed."""
+    reach = 2 * stroke
     return [i for i, pose in enumerate(poses) if not shows_on_canvas(pose, *canvas_size, reach)]
 
 

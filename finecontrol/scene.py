@@ -304,10 +304,10 @@ def _canvas_size(doc: dict, key: str) -> int:
     if not is_finite_number(value):
         raise SceneError(f"{key} must be a number of pixels, got {brief(value)}")
     if value != int(value):
-        raise SceneError(f"{key} must be a whole number of pixels, got {value}")
+        raise SceneError(f"{key} must be a whole number of pixels, got {brief(value)}")
     value = int(value)
     if not MIN_CANVAS <= value <= MAX_CANVAS:
-        raise SceneError(f"{key} {value} is out of range: use {MIN_CANVAS}..{MAX_CANVAS} pixels")
+        raise SceneError(f"{key} {brief(value)} is out of range: use {MIN_CANVAS}..{MAX_CANVAS} pixels")
     if value % 8:
         raise SceneError(f"{key} {value} is not a multiple of 8 (try {round(value / 8) * 8})")
     return value
@@ -349,5 +349,5 @@ def _strength(value: Any, i: int) -> float | None:
     if not is_finite_number(value):
         raise SceneError(f"person {i + 1}: control_strength must be a number, got {brief(value)}")
     if not 0.0 <= value <= MAX_CONTROL_STRENGTH:
-        raise SceneError(f"person {i + 1}: control_strength {value} is out of range 0..{MAX_CONTROL_STRENGTH}")
+        raise SceneError(f"person {i + 1}: control_strength {brief(value)} is out of range 0..{MAX_CONTROL_STRENGTH}")
     return float(value)

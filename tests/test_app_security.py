@@ -263,3 +263,29 @@ def test_no_input_of_masks_gets_a_bare_error(client, value):
             client.predict(*args, api_name="/masks")
         except Exception as err:
             assert "verbose error" not in str(err), f"input {index} = {value!r}: a bare error"
+
+
+def test_importing_plain_openpose_leaves_the_setting_and_negative_boxes_alone(tmp_path):
+    """A file without a setting or negative prompt (or with null ones) does not empty those boxes."""
+    pose = load_scene("assets/scenes/one_person.json").people[0].keypoints
+    path = tmp_path / "plain.json"
+    path.write_text(json.dumps({"people": [{"pose_keypoints_2d": pose.reshape(-1).tolist()}], "negative_prompt": None}))
+    _, setting, negative, *_ = handlers.import_file(str(path))
+    assert isinstance(setting, type(gr.skip())) and isinstance(negative, type(gr.skip()))
+    _, setting, negative, *_ = handlers.import_file("assets/scenes/two_people.json")
+    assert (setting, negative) == (TWO.setting, TWO.negative_prompt)
+
+
+def test_an_unreadable_photo_is_named_without_its_server_folder(tmp_path):
+    photo = tmp_path / "holiday.png"
+    photo.write_text("not an image")
+    with pytest.raises(gr.Error) as err:
+        handlers.read_photo(photo)
+    assert "Could not read holiday.png as an image" in str(err.value) and str(tmp_path) not in str(err.value)
+
+
+def test_output_files_name_a_local_model_folder_by_its_name_only(tiny, tmp_path):
+    folder = tmp_path / "my-model"
+    folder.mkdir()
+    assert Engine(name=str(folder), pipe=tiny).label == "my-model"
+    assert Engine(name="org/some-model", pipe=tiny).label == "org/some-model"  # a hub id as given

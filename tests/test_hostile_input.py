@@ -150,6 +150,8 @@ def test_messages_never_echo_a_huge_value():
     d = doc()
     d["canvas_width"] = "9" * 5_000_000
     assert len(refused(d, "canvas_width must be a number of pixels")) < 200
+    d["canvas_width"] = 1e300
+    assert len(refused(d, "canvas_width .* is out of range")) < 200
     with pytest.raises(SettingsError) as err:
         Settings(method="x" * 5_000_000)
     assert len(str(err.value)) < 300

@@ -86,7 +86,9 @@ function newPerson(template) {
   const w = scene.canvas_width;
   const h = scene.canvas_height;
   const height = h * 0.7;
-  const cx = scene.people.length ? freestX() : w / 2;
+  const half = Math.max(...TEMPLATES[template].map(([x]) => Math.abs(x))) * height;  // half its width
+  const free = scene.people.length ? freestX() : w / 2;
+  const cx = w > 2 * half ? Math.min(Math.max(free, half), w - half) : w / 2;  // wholly on the canvas
   const feet = h * 0.95;
   const pts = TEMPLATES[template].map(([x, y]) => [cx + x * height, feet + y * height, 1]);
   return { pose_keypoints_2d: pts.flat(), prompt: '' };

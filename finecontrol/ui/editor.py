@@ -60,7 +60,13 @@ TEMPLATE = f"""
 
 def empty_scene() -> dict[str, Any]:
     """A blank default-sized canvas."""
-    return {"format": FORMAT_VERSION, "canvas_width": DEFAULT_CANVAS, "canvas_height": DEFAULT_CANVAS, "people": []}
+    return {
+        "format": FORMAT_VERSION,
+        "coordinates": "pixels",
+        "canvas_width": DEFAULT_CANVAS,
+        "canvas_height": DEFAULT_CANVAS,
+        "people": [],
+    }
 
 
 def editor_props() -> dict[str, Any]:

@@ -145,6 +145,12 @@ class Engine:
             log.warning("live previews not fitted at load (%s: %s); fitting at the first one", type(err).__name__, err)
 
     @property
+    def label(self) -> str:
+        """The model as output files name it: a hub id or model name as given, a local folder by
+        its name only (no server path)."""
+        return Path(self.name).name if Path(self.name).is_dir() else self.name
+
+    @property
     def random_weights(self) -> bool:
         return self.name in RANDOM_WEIGHT_MODELS
 

@@ -270,9 +270,11 @@ def generate(
             else:
                 yield item, None, None, None
     path = _output_path(f"finecontrol-{settings.method}-{settings.seed}", ".png")
-    save_png(result.image, path, scene, settings, model=engine.name)
+    save_png(result.image, path, scene, settings, model=engine.label)
     size = (result.image.width, result.image.height)
-    overlay = on_torch_thread(lambda: mask_overlay(upsample_masks(result.early_masks, size), result.control_image))
+    overlay = on_torch_thread(
+        lambda: mask_overlay(upsample_masks(result.early_masks, size), result.control_image), between_steps=True
+    )
     yield str(path), result.control_image, overlay, prompts_markdown(result)
 
 
@@ -317,7 +319,7 @@ def compare(
         path,
         scene,
         settings,
-        model=engine.name,
+        model=engine.label,
         methods=",".join(COMPARED_METHODS),
         seeds=",".join(map(str, seeds)),
     )
@@ -336,7 +338,7 @@ def import_file(path: str | None) -> tuple:
     """Scene JSON, plain OpenPose JSON or a FineControl PNG -> (canvas, setting, negative, *knobs).
     A PNG also restores the settings it was made with (a warning names those the panel does not
     offer, such as a CLI --width); JSON leaves them as they are, and a JSON file without a
-    negative prompt (plain OpenPose) leaves the negative prompt box as it is. Messages name the
+    setting or negative prompt (plain OpenPose) leaves that box as it is. Messages name the
     file by its name (at most MAX_ECHO_CHARS), never by its folder on the server."""
     if not path:
         raise gr.Error("No file received: choose a scene JSON, an OpenPose JSON or a FineControl PNG.")
@@ -351,7 +353,8 @@ def import_file(path: str | None) -> tuple:
             scene, knobs = load_scene(path), [gr.skip()] * len(KNOB_FIELDS)
             doc = parse_json(Path(path).read_text(encoding="utf-8"))  # (read above: valid)
             frame = doc[0] if isinstance(doc, list) else doc
-            negative = scene.negative_prompt if "negative_prompt" in frame else gr.skip()
+            setting = scene.setting if frame.get("setting") is not None else gr.skip()
+            negative = scene.negative_prompt if frame.get("negative_prompt") is not None else gr.skip()
     except (SceneError, ValueError, OSError, RecursionError) as err:
         raise gr.Error(shown(f"Could not import {name}: {err}")) from err
     if is_png and (dropped := not_in_panel(settings)):
@@ -366,7 +369,9 @@ def import_file(path: str | None) -> tuple:
         gr.Warning(shown(f"{name}: {note}"))
     count = len(scene.people)
     gr.Info(shown(f"Imported {count} {'person' if count == 1 else 'people'} from {name}."))
-    return (scene.to_dict(), scene.setting, scene.negative_prompt if is_png else negative, *knobs)
+    if is_png:
+        setting, negative = scene.setting, scene.negative_prompt
+    return (scene.to_dict(), setting, negative, *knobs)
 
 
 def preset_names(folder: Path = PRESETS) -> list[str]:
@@ -410,7 +415,7 @@ def read_photo(path: str | Path) -> np.ndarray:
     """The photo at `path` as an RGB array (upright by its EXIF orientation) at most
     PHOTO_DETECT_SIDE pixels long; refused with a gr.Error above MAX_PHOTO_PIXELS, checked from the
     file's header before any pixel is decoded."""
-    name = Path(path).name
+    name = shorten(Path(path).name)
     refuse = f"at most {MAX_PHOTO_PIXELS / 1e6:g} megapixels: scale the photo down and upload it again"
     try:
         with warnings.catch_warnings():  # Pillow warns of large images when opening; refused below
@@ -419,13 +424,13 @@ def read_photo(path: str | Path) -> np.ndarray:
         with image:
             width, height = image.size
             if width * height > MAX_PHOTO_PIXELS:
-                raise gr.Error(f"{name} is {width}x{height} pixels, too large for pose detection ({refuse}).")
+                raise gr.Error(shown(f"{name} is {width}x{height} pixels, too large for pose detection ({refuse})."))
             image.draft("RGB", (PHOTO_DETECT_SIDE, PHOTO_DETECT_SIDE))  # JPEG: decoded at a reduced scale
             upright = ImageOps.exif_transpose(image).convert("RGB")
     except Image.DecompressionBombError as err:  # Pillow's own limit, met in the header
-        raise gr.Error(f"{name} is too large for pose detection ({refuse}).") from err
+        raise gr.Error(shown(f"{name} is too large for pose detection ({refuse}).")) from err
     except (OSError, SyntaxError, ValueError) as err:  # not an image, truncated, corrupt
-        raise gr.Error(f"Could not read {name} as an image: {err}") from err
+        raise gr.Error(shown(f"Could not read {name} as an image: {err}")) from err
     upright.thumbnail((PHOTO_DETECT_SIDE, PHOTO_DETECT_SIDE))
     return np.asarray(upright)
 
@@ -443,7 +448,7 @@ def pose_from_photo(
     try:
         bodies = on_torch_thread(detect, image, between_steps=True)
     except Exception as err:
-        raise gr.Error(f"Pose detection is not available: {err}") from err
+        raise gr.Error(shown(f"Pose detection is not available: {err}")) from err
     found = [
         p
         for p in poses_from_detection(bodies, (image.shape[1], image.shape[0]), (scene.width, scene.height))
