@@ -148,13 +148,24 @@ class Scene:
 
 def load_scene(path: str | Path) -> Scene:
     """Read and validate a scene (or plain OpenPose JSON) file."""
+    return scene_from_dict(read_document(path))
+
+
+def read_document(path: str | Path) -> Any:
+    """A scene (or plain OpenPose JSON) file, decoded but not yet validated."""
     try:
         text = Path(path).read_text(encoding="utf-8")
     except UnicodeDecodeError as err:
         raise SceneError(f"{path} is not a text file: expected scene or OpenPose JSON") from err
     except OSError as err:
         raise SceneError(f"cannot read {path}: {err.strerror or err}") from err
-    return scene_from_json(text)
+    return parse_json(text)
+
+
+def scene_frame(doc: Any) -> Any:
+    """The scene object of a decoded document: the document itself, or the one frame some
+    editors wrap in a list."""
+    return doc[0] if isinstance(doc, list) and len(doc) == 1 and isinstance(doc[0], dict) else doc
 
 
 def scene_from_json(text: str) -> Scene:
@@ -182,8 +193,7 @@ def parse_json(text: str) -> Any:
 
 def scene_from_dict(doc: Any) -> Scene:
     """Validate a decoded JSON object and build a Scene. Raises SceneError with a specific reason."""
-    if isinstance(doc, list) and len(doc) == 1 and isinstance(doc[0], dict):
-        doc = doc[0]  # some editors export a list with one frame
+    doc = scene_frame(doc)
     if not isinstance(doc, dict):
         raise SceneError("expected a JSON object with 'people' (OpenPose format)")
     version = doc.get("format", FORMAT_VERSION)

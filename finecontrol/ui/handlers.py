@@ -38,6 +38,8 @@ from finecontrol.scene import (
     brief,
     load_scene,
     parse_json,
+    read_document,
+    scene_frame,
     scene_from_dict,
 )
 from finecontrol.settings import COMPARED_METHODS, MAX_SEED, Settings
@@ -350,11 +352,10 @@ def import_file(path: str | None) -> tuple:
             scene, settings = read_png(path)
             knobs = knob_values(settings)
         else:
-            scene, knobs = load_scene(path), [gr.skip()] * len(KNOB_FIELDS)
-            doc = parse_json(Path(path).read_text(encoding="utf-8"))  # (read above: valid)
-            frame = doc[0] if isinstance(doc, list) else doc
-            setting = scene.setting if frame.get("setting") is not None else gr.skip()
-            negative = scene.negative_prompt if frame.get("negative_prompt") is not None else gr.skip()
+            doc = scene_frame(read_document(path))
+            scene, knobs = scene_from_dict(doc), [gr.skip()] * len(KNOB_FIELDS)
+            setting = scene.setting if doc.get("setting") is not None else gr.skip()
+            negative = scene.negative_prompt if doc.get("negative_prompt") is not None else gr.skip()
     except (SceneError, ValueError, OSError, RecursionError) as err:
         raise gr.Error(shown(f"Could not import {name}: {err}")) from err
     if is_png and (dropped := not_in_panel(settings)):
