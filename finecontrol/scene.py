@@ -68,13 +68,16 @@ def is_finite_number(value: Any) -> bool:
         return False
 
 
-def lone_surrogate(text: str) -> int | None:
-    """Where `text` holds half of a UTF-16 surrogate pair (which no UTF-8 file or tokenizer
-    takes), or None."""
+def text_problem(text: str) -> str | None:
+    """What is wrong with a prompt, setting or text setting, as the end of a message: longer than
+    MAX_TEXT_CHARS, or half of a UTF-16 surrogate pair (which no UTF-8 file or tokenizer takes);
+    None when nothing is."""
+    if len(text) > MAX_TEXT_CHARS:
+        return f"is {len(text)} characters long: at most {MAX_TEXT_CHARS}"
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as err:
-        return err.start
+        return f"holds an invalid character at position {err.start}: half of a UTF-16 pair"
     return None
 
 
@@ -206,7 +209,9 @@ def scene_from_dict(doc: Any) -> Scene:
         raise SceneError("'people' must be a list of persons with 'pose_keypoints_2d'")
     if len(people_doc) > MAX_PEOPLE:
         raise SceneError(f"too many people: {len(people_doc)} (at most {MAX_PEOPLE})")
-    _check_extra_size(doc, people_doc)
+    scene_extra = _unknown_fields(doc, _SCENE_FIELDS)
+    person_extras = [_unknown_fields(entry, _PERSON_FIELDS) for entry in people_doc]
+    _check_extra_size([scene_extra, *person_extras])
 
     width = _canvas_size(doc, "canvas_width")
     height = _canvas_size(doc, "canvas_height")
@@ -234,7 +239,7 @@ def scene_from_dict(doc: Any) -> Scene:
                 prompt=_text(entry, "prompt", f"person {i + 1}") or "",
                 negative_prompt=_text(entry, "negative_prompt", f"person {i + 1}"),
                 control_strength=_strength(entry.get("control_strength"), i),
-                extra={k: v for k, v in entry.items() if k not in _PERSON_FIELDS},
+                extra=person_extras[i],
             )
         )
     from finecontrol.render import people_off_canvas  # (cv2: imported only when a scene is read)
@@ -250,7 +255,7 @@ def scene_from_dict(doc: Any) -> Scene:
         people=people,
         setting=_text(doc, "setting", "scene") or "",
         negative_prompt=DEFAULT_NEGATIVE_PROMPT if negative is None else negative,
-        extra={k: v for k, v in doc.items() if k not in _SCENE_FIELDS},
+        extra=scene_extra,
         notes=notes,
     )
 
@@ -280,10 +285,13 @@ def _check_on_canvas(pose: np.ndarray, width: int, height: int, i: int) -> None:
             )
 
 
-def _check_extra_size(doc: dict, people: list) -> None:
+def _unknown_fields(entry: Any, known: set[str]) -> dict[str, Any]:
+    """The fields of `entry` (a JSON object; anything else has none) that FineControl keeps without using."""
+    return {k: v for k, v in entry.items() if k not in known} if isinstance(entry, dict) else {}
+
+
+def _check_extra_size(extra: list[dict[str, Any]]) -> None:
     """The fields FineControl keeps without using them fit in MAX_EXTRA_BYTES (and nest at most MAX_NESTING deep)."""
-    extra = [{k: v for k, v in doc.items() if k not in _SCENE_FIELDS}]
-    extra += [{k: v for k, v in p.items() if k not in _PERSON_FIELDS} for p in people if isinstance(p, dict)]
     if _depth(extra) > MAX_NESTING:
         raise SceneError(f"the scene is nested too deeply (at most {MAX_NESTING} levels)")
     try:
@@ -346,10 +354,8 @@ def _text(doc: dict, key: str, owner: str) -> str | None:
         return None
     if not isinstance(value, str):
         raise SceneError(f"{owner}: '{key}' must be text, got {type(value).__name__}")
-    if len(value) > MAX_TEXT_CHARS:
-        raise SceneError(f"{owner}: '{key}' is {len(value)} characters long: at most {MAX_TEXT_CHARS}")
-    if (at := lone_surrogate(value)) is not None:
-        raise SceneError(f"{owner}: '{key}' holds an invalid character at position {at}: half of a UTF-16 pair")
+    if problem := text_problem(value):
+        raise SceneError(f"{owner}: '{key}' {problem}")
     return value
 
 

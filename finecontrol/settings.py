@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field, fields
 from functools import cache
 from typing import Any
 
-from finecontrol.scene import MAX_CANVAS, MAX_TEXT_CHARS, MIN_CANVAS, brief, is_finite_number, lone_surrogate
+from finecontrol.scene import MAX_CANVAS, MIN_CANVAS, brief, is_finite_number, text_problem
 
 METHODS = ("finecontrol", "controlnet", "multicontrolnet", "finecontrol-all")
 COMPOSING_METHODS = ("finecontrol", "finecontrol-all")  # one branch per person, merged with masks
@@ -269,8 +269,8 @@ def _validate(name: str, knob: Knob, value: Any, nullable: bool) -> None:
         )
     else:
         _check(isinstance(value, str), f"{name} must be text, got {brief(value)}")
-        _check(len(value) <= MAX_TEXT_CHARS, f"{name} is {len(value)} characters long: at most {MAX_TEXT_CHARS}")
-        _check(lone_surrogate(value) is None, f"{name} holds an invalid character (half of a UTF-16 pair)")
+        problem = text_problem(value)
+        _check(problem is None, f"{name} {problem}")
 
 
 class SettingsError(ValueError):
