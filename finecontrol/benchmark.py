@@ -26,7 +26,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from finecontrol.costs import crowd  # noqa: F401  (the benchmarks' scenes)
+from finecontrol.costs import crowd, proc_status
 from finecontrol.settings import COMPARED_METHODS, METHODS, Settings
 
 
@@ -193,7 +193,7 @@ def benchmark_load(args: argparse.Namespace) -> None:
     inputs = (crowd(1).to_dict(), "in a park", "")
     try:
         Client(url, verbose=False, ssl_verify=False).predict(*inputs, *knob_values(Settings()), api_name="/generate")
-        rss_before = _rss(app.pid)
+        rss_before = proc_status("VmRSS", app.pid)
         clients = [Client(url, verbose=False, ssl_verify=False) for _ in range(k)]
         outcomes: list[tuple[str, float]] = []
         start = threading.Barrier(k)
@@ -214,7 +214,7 @@ def benchmark_load(args: argparse.Namespace) -> None:
             thread.start()
         for thread in threads:
             thread.join()
-        rss_after = _rss(app.pid)
+        rss_after = proc_status("VmRSS", app.pid)
     finally:
         app.terminate()
         app.wait()
@@ -234,12 +234,6 @@ def benchmark_load(args: argparse.Namespace) -> None:
     outputs = sum(1 for p in folder.glob("finecontrol-*/*") if p.is_file())
     cached = sum(1 for p in (folder / "gradio").rglob("*") if p.is_file())
     print(f"files in the output folder and Gradio's cache: {outputs} and {cached} ({len(done) + 1} generations made)")
-
-
-def _rss(pid: int) -> int:
-    """Resident memory of process `pid` in bytes (Linux)."""
-    with open(f"/proc/{pid}/status") as status:
-        return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmRSS:"))
 
 
 def _timed(repeats: int, fn, *args, **kwargs) -> list[float]:

@@ -312,7 +312,7 @@ def memory_reset(device: torch.device) -> int:
         return torch.cuda.memory_allocated(device)
     _release_free_heap()
     Path("/proc/self/clear_refs").write_text("5")  # Linux: resets VmHWM to the current VmRSS
-    return _proc_status("VmRSS")
+    return proc_status("VmRSS")
 
 
 def _release_free_heap() -> None:
@@ -329,11 +329,13 @@ def _release_free_heap() -> None:
 def memory_peak(device: torch.device) -> int:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device)
-    return _proc_status("VmHWM")
+    return proc_status("VmHWM")
 
 
-def _proc_status(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
+def proc_status(field: str, pid: int | str = "self") -> int:
+    """A memory field of `/proc/PID/status` (VmRSS, VmHWM...) in bytes (Linux)."""
+    path = Path(f"/proc/{pid}/status")
+    for line in path.read_text().splitlines():
         if line.startswith(field + ":"):
             return int(line.split()[1]) * 1024
-    raise OSError(f"/proc/self/status has no {field}")
+    raise OSError(f"{path} has no {field}")
