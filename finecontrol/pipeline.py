@@ -258,8 +258,8 @@ class FineControlPipeline:
         settings = settings or Settings()
         if not scene.people:
             raise SceneError("the scene has no people: add at least one person")
-        stroke = max(self.info.stick_width, self.info.joint_radius)
-        if off := people_off_canvas([p.keypoints for p in scene.people], (scene.width, scene.height), stroke):
+        poses, canvas = [p.keypoints for p in scene.people], (scene.width, scene.height)
+        if off := people_off_canvas(poses, canvas, max(self.skeleton_style)):
             raise SceneError(
                 f"person {off[0] + 1} is outside the canvas: nothing of them shows; move them in or delete them"
             )
