@@ -85,29 +85,32 @@ class PhotoInput(gr.Image):
 # in a slider or a list in a number box with a bare "Error", echoes a dropdown value that is not a
 # choice whole, rounds 3.5 in a whole-number box to 4 and turns a list sent as text into "['a']",
 # without a word. The browser sides are Gradio's.
-class _Unconverted:
-    """Mixin for a Gradio input: its value reaches the handler as it came."""
-
+class CheckedSlider(gr.Slider):
     is_template = True
 
     def preprocess(self, payload):
         return payload
 
 
-class CheckedSlider(_Unconverted, gr.Slider):
-    pass
+class CheckedNumber(gr.Number):
+    is_template = True
+
+    def preprocess(self, payload):
+        return payload
 
 
-class CheckedNumber(_Unconverted, gr.Number):
-    pass
+class CheckedDropdown(gr.Dropdown):
+    is_template = True
+
+    def preprocess(self, payload):
+        return payload
 
 
-class CheckedDropdown(_Unconverted, gr.Dropdown):
-    pass
+class CheckedTextbox(gr.Textbox):
+    is_template = True
 
-
-class CheckedTextbox(_Unconverted, gr.Textbox):
-    pass
+    def preprocess(self, payload):
+        return payload
 
 
 def data_url(image: Image.Image | np.ndarray, format: str = "webp") -> str:
