@@ -84,7 +84,8 @@ class PhotoInput(gr.Image):
 # the handlers check them (`parse_scene`, `parse_settings`): Gradio's own preprocessing answers text
 # in a slider or a list in a number box with a bare "Error", echoes a dropdown value that is not a
 # choice whole, rounds 3.5 in a whole-number box to 4 and turns a list sent as text into "['a']",
-# without a word. The browser sides are Gradio's.
+# without a word. The browser sides are Gradio's, found through each class's first base, so each
+# subclasses its Gradio component directly (a shared mixin placed first made every page load 404).
 class CheckedSlider(gr.Slider):
     is_template = True
 
