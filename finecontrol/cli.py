@@ -21,6 +21,7 @@ from PIL import Image
 from finecontrol.model_info import ModelInfo
 from finecontrol.models import DTYPES, RANDOM_WEIGHT_MODELS, TOY_MODEL, ModelNotAvailableError
 from finecontrol.pipeline import NonFiniteError, NotEnoughMemoryError
+from finecontrol.pose import drawn_parts
 from finecontrol.render import labelled_grid, mask_previews
 from finecontrol.scene import Scene, SceneError, brief, load_scene
 from finecontrol.settings import COMPARED_METHODS, METHODS, Settings, SettingsError, knobs, random_seed
@@ -71,7 +72,7 @@ def _parser() -> argparse.ArgumentParser:
     masks = commands.add_parser("masks", help="skeletons over each person's mask, early and late steps")
     masks.add_argument("scene", type=Path)
     masks.add_argument("--out", type=Path, required=True)
-    _settings_flags(masks, ["mask_dilation", "mask_blur", "temperature"], toy)
+    _settings_flags(masks, ["mask_dilation", "mask_blur", "temperature", "pose_parts"], toy)
     masks.set_defaults(run=_masks)
     return parser
 
@@ -252,6 +253,7 @@ def _masks(args: argparse.Namespace) -> int:
         settings.mask_dilation,
         settings.mask_blur,
         settings.temperature,
+        [drawn_parts(p.parts, settings.pose_parts) for p in scene.people],
     )
     grid = labelled_grid([[Image.fromarray(p) for p in panels]], ["early steps (hard)", "late steps (soft)"], [""])
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -43,6 +43,8 @@ def read_png(path: str | Path) -> tuple[Scene, Settings]:
         return scene, Settings()
     try:
         values = json.loads(text[SETTINGS_KEY])
+        if isinstance(values, dict):  # written before the setting existed, when bodies alone were drawn
+            values.setdefault("pose_parts", "body")
         return scene, Settings.from_dict(values)
     except (ValueError, RecursionError) as err:  # JSONDecodeError and SettingsError are ValueErrors
         reason = err if isinstance(err, SettingsError) else f"not valid JSON ({brief(str(err))})"

@@ -29,6 +29,7 @@ from PIL import Image
 
 from finecontrol.fusion import FeatureComposer, MaskPyramid, compose_residuals, residual_split, sum_over_people
 from finecontrol.model_info import ModelInfo
+from finecontrol.pose import drawn_parts
 from finecontrol.render import hard_masks, harmony_steps, people_off_canvas, scene_maps, soft_masks, uses_soft_masks
 from finecontrol.scene import Scene, SceneError
 from finecontrol.settings import COMPOSING_METHODS, Settings
@@ -275,6 +276,7 @@ class FineControlPipeline:
             settings.mask_dilation,
             settings.mask_blur,
             *self.skeleton_style,
+            parts=[drawn_parts(p.parts, settings.pose_parts) for p in scene.people],
         )
         raw_t = torch.from_numpy(raw)
         early, late = hard_masks(raw_t, settings.temperature), soft_masks(raw_t, settings.temperature)

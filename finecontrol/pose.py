@@ -1,7 +1,9 @@
-"""OpenPose BODY-18 keypoints: constants, pose templates and pure geometric transforms.
+"""OpenPose BODY-18 keypoints, hands and faces: constants, pose templates and pure geometric transforms.
 
 A pose is a float array of shape (18, 3): x and y in pixels, and a confidence where 0 means the
-keypoint is hidden. Every function here returns a new array and leaves its input untouched.
+keypoint is hidden. A person's hands and face, when they have them, are `Parts`: OpenPose JSON
+field name -> (n, 3) array in the same pixels (21 points a hand, 70 for the face). Every function
+here returns new arrays and leaves its input untouched.
 """
 
 from __future__ import annotations
@@ -76,6 +78,51 @@ LIMB_COLORS: tuple[tuple[int, int, int], ...] = (
 
 # Index pairs swapped when a pose is mirrored (the person's right becomes their left).
 LEFT_RIGHT_PAIRS: tuple[tuple[int, int], ...] = ((2, 5), (3, 6), (4, 7), (8, 11), (9, 12), (10, 13), (14, 15), (16, 17))
+
+# A person's hand and face keypoints, by their OpenPose JSON field, in the order the annotator draws
+# them (left hand, right hand, face), with their keypoint counts.
+HAND_KEYPOINTS = 21
+FACE_KEYPOINTS = 70
+LEFT_HAND, RIGHT_HAND, FACE = "hand_left_keypoints_2d", "hand_right_keypoints_2d", "face_keypoints_2d"
+PART_KEYPOINTS: dict[str, int] = {LEFT_HAND: HAND_KEYPOINTS, RIGHT_HAND: HAND_KEYPOINTS, FACE: FACE_KEYPOINTS}
+Parts = dict[str, np.ndarray]
+
+# What the control image draws of each person ("pose_parts" setting) -> the part fields drawn besides the body.
+PART_CHOICES: dict[str, tuple[str, ...]] = {
+    "body": (),
+    "body+hands": (LEFT_HAND, RIGHT_HAND),
+    "body+hands+face": (LEFT_HAND, RIGHT_HAND, FACE),
+}
+
+# The 20 bones of the OpenPose hand (0 the wrist; 1-4 thumb, 5-8 index, ... 17-20 little finger),
+# in the order the annotator draws them (bone k takes the k-th of 20 hues).
+HAND_EDGES: tuple[tuple[int, int], ...] = tuple(
+    (0 if joint == 0 else 4 * finger + joint, 4 * finger + joint + 1) for finger in range(5) for joint in range(4)
+)
+
+# Face points (the 68-point layout plus two pupils) swapped when a face is mirrored: jaw line,
+# eyebrows, nostrils, eyes, outer and inner lips, pupils; the other 10 lie on the face's middle line.
+FACE_LEFT_RIGHT_PAIRS: tuple[tuple[int, int], ...] = (
+    *((i, 16 - i) for i in range(8)),
+    *((17 + i, 26 - i) for i in range(5)),
+    (31, 35),
+    (32, 34),
+    (36, 45),
+    (37, 44),
+    (38, 43),
+    (39, 42),
+    (40, 47),
+    (41, 46),
+    (48, 54),
+    (49, 53),
+    (50, 52),
+    (55, 59),
+    (56, 58),
+    (60, 64),
+    (61, 63),
+    (65, 67),
+    (68, 69),
+)
 
 # Templates in body units: x right, y down, the figure about one unit tall, origin between the
 # feet. "Right" keypoints are the person's right, drawn on the image's left (facing the viewer).
@@ -249,4 +296,40 @@ def mirror(pose: np.ndarray, center_x: float | None = None) -> np.ndarray:
     out[:, 0] = 2 * cx - pose[:, 0]
     for right, left in LEFT_RIGHT_PAIRS:
         out[[right, left]] = out[[left, right]]
+    return out
+
+
+def drawn_parts(parts: Parts, choice: str) -> Parts:
+    """The parts the control image draws under the "pose_parts" setting `choice` (a PART_CHOICES key)."""
+    if choice not in PART_CHOICES:
+        raise ValueError(f"pose_parts must be one of {', '.join(PART_CHOICES)}, got {choice!r}")
+    return {name: parts[name] for name in PART_CHOICES[choice] if name in parts}
+
+
+def translate_parts(parts: Parts, dx: float, dy: float) -> Parts:
+    """Move every hand and face keypoint by (dx, dy) pixels, as `translate` moves the body."""
+    return {name: translate(points, dx, dy) for name, points in parts.items()}
+
+
+def scale_parts(parts: Parts, factor: float, center: np.ndarray) -> Parts:
+    """Scale the hands and face about `center`: the body's (`pose_center(pose)`), so they go with it."""
+    return {name: scale(points, factor, center) for name, points in parts.items()}
+
+
+def rotate_parts(parts: Parts, degrees: float, center: np.ndarray) -> Parts:
+    """Rotate the hands and face about `center` (the body's), as `rotate` turns the body."""
+    return {name: rotate(points, degrees, center) for name, points in parts.items()}
+
+
+def mirror_parts(parts: Parts, center_x: float) -> Parts:
+    """Flip the hands and face about `center_x` (the body's, as in `mirror`): the left hand becomes
+    the right one and the face's left and right points swap, as in a mirror image."""
+    out = {}
+    for name, points in parts.items():
+        flipped = points.copy()
+        flipped[:, 0] = 2 * center_x - points[:, 0]
+        if name == FACE and len(flipped) == FACE_KEYPOINTS:
+            for right, left in FACE_LEFT_RIGHT_PAIRS:
+                flipped[[right, left]] = flipped[[left, right]]
+        out[{LEFT_HAND: RIGHT_HAND, RIGHT_HAND: LEFT_HAND}.get(name, name)] = flipped
     return out

@@ -1,8 +1,9 @@
 """Control images, raw person masks and the per-step mask schedule (pure functions).
 
 The skeleton renderer reproduces ControlNet's OpenPose annotator pixel for pixel (black canvas,
-limbs as filled ellipses at 0.6x colour, joints as discs, the fixed palette), because that is the
-image distribution the ControlNet was trained on.
+limbs as filled ellipses at 0.6x colour, joints as discs, the fixed palette; hands as rainbow bones
+with blue joints and faces as white dots when they are drawn), because that is the image
+distribution the ControlNet was trained on.
 """
 
 from __future__ import annotations
@@ -12,12 +13,45 @@ import math
 import cv2
 import numpy as np
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
-from finecontrol.pose import LIMB_COLORS, LIMBS, shows_on_canvas
+from finecontrol.pose import FACE, HAND_EDGES, LIMB_COLORS, LIMBS, PART_KEYPOINTS, Parts, shows_on_canvas
 
 ANNOTATOR_STICK_WIDTH = 4
 ANNOTATOR_JOINT_RADIUS = 4
+# The annotator's hands and faces (controlnet_aux's draw_handpose and draw_facepose), at any image size.
+HAND_BONE_THICKNESS = 2
+HAND_JOINT_RADIUS = 4
+HAND_JOINT_COLOR = (0, 0, 255)
+FACE_DOT_RADIUS = 3
+FACE_DOT_COLOR = (255, 255, 255)
+# Hand bone k's colour: hue k / 20 at full saturation and value, as OpenCV rounds the annotator's
+# float colour (255 * matplotlib's hsv_to_rgb; e.g. 76.50000000000001 -> 77, 229.49999999999997 -> 229).
+HAND_BONE_COLORS: tuple[tuple[int, int, int], ...] = (
+    (255, 0, 0),
+    (255, 77, 0),
+    (255, 153, 0),
+    (255, 229, 0),
+    (204, 255, 0),
+    (128, 255, 0),
+    (51, 255, 0),
+    (0, 255, 25),
+    (0, 255, 102),
+    (0, 255, 179),
+    (0, 255, 255),
+    (0, 178, 255),
+    (0, 102, 255),
+    (0, 25, 255),
+    (51, 0, 255),
+    (128, 0, 255),
+    (204, 0, 255),
+    (255, 0, 230),
+    (255, 0, 153),
+    (255, 0, 77),
+)
+# The annotator draws a hand or face point only where its pixel coordinates (truncated to whole
+# pixels) both exceed this: never on the first row or column, where its detector puts missing points.
+ANNOTATOR_EPS = 0.01
 DEFAULT_MASK_BLUR = 1.0
 
 # Colours that tell people apart in the UI and in mask previews (person i uses colour i).
@@ -67,18 +101,57 @@ def draw_skeleton(
     return canvas
 
 
+def _annotator_pixels(points: np.ndarray, width: int, height: int) -> list[tuple[int, int] | None]:
+    """Each normalised (n, 3) point's pixel as the annotator takes it (truncated), or None where it
+    is not drawn: hidden, or not beyond ANNOTATOR_EPS on both axes."""
+    pixels = []
+    for x, y, c in points:
+        px, py = int(x * width), int(y * height)
+        pixels.append((px, py) if c > 0 and px > ANNOTATOR_EPS and py > ANNOTATOR_EPS else None)
+    return pixels
+
+
+def draw_hand(canvas: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """Draw one normalised (21, 3) hand onto an RGB uint8 canvas in place, annotator style: each
+    bone between two drawn points in its hue, then every drawn point as a blue disc."""
+    pixels = _annotator_pixels(points, canvas.shape[1], canvas.shape[0])
+    for (a, b), color in zip(HAND_EDGES, HAND_BONE_COLORS):
+        if pixels[a] is not None and pixels[b] is not None:
+            cv2.line(canvas, pixels[a], pixels[b], color, thickness=HAND_BONE_THICKNESS)
+    for pixel in pixels:
+        if pixel is not None:
+            cv2.circle(canvas, pixel, HAND_JOINT_RADIUS, HAND_JOINT_COLOR, thickness=-1)
+    return canvas
+
+
+def draw_face(canvas: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """Draw one normalised (70, 3) face onto an RGB uint8 canvas in place, annotator style: white dots."""
+    for pixel in _annotator_pixels(points, canvas.shape[1], canvas.shape[0]):
+        if pixel is not None:
+            cv2.circle(canvas, pixel, FACE_DOT_RADIUS, FACE_DOT_COLOR, thickness=-1)
+    return canvas
+
+
 def skeleton_image(
     poses: list[np.ndarray],
     canvas_size: tuple[int, int],
     size: tuple[int, int],
     stick_width: int = ANNOTATOR_STICK_WIDTH,
     joint_radius: int = ANNOTATOR_JOINT_RADIUS,
+    parts: list[Parts] | None = None,
 ) -> np.ndarray:
-    """All `poses` (pixels on a canvas of `canvas_size` = (W, H)) drawn on one (H, W, 3) image of `size`."""
+    """All `poses` (pixels on a canvas of `canvas_size` = (W, H)) drawn on one (H, W, 3) image of
+    `size`; with `parts` (one dict a pose, the hands and face to draw), each person's hands, then
+    face, right after their body, in the annotator's order."""
     width, height = size
     canvas = np.zeros((height, width, 3), dtype=np.uint8)
-    for pose in poses:
+    for i, pose in enumerate(poses):
         draw_skeleton(canvas, normalized(pose, *canvas_size), stick_width, joint_radius)
+        person_parts = parts[i] if parts else {}
+        for name in PART_KEYPOINTS:  # left hand, right hand, face
+            if name in person_parts and len(person_parts[name]):
+                draw = draw_face if name == FACE else draw_hand
+                draw(canvas, normalized(person_parts[name], *canvas_size))
     return canvas
 
 
@@ -184,12 +257,17 @@ def scene_maps(
     blur_sigma: float = DEFAULT_MASK_BLUR,
     stick_width: int = ANNOTATOR_STICK_WIDTH,
     joint_radius: int = ANNOTATOR_JOINT_RADIUS,
+    parts: list[Parts] | None = None,
 ) -> tuple[np.ndarray, list[np.ndarray], np.ndarray]:
     """Everything the pipeline conditions on, from pixel poses on a canvas of `canvas_size`:
     the all-people control image and one control image per person at `size` = (W, H), and the
-    raw person masks (N, h, w) at `latent_size` = (h, w)."""
-    person_images = [skeleton_image([pose], canvas_size, size, stick_width, joint_radius) for pose in poses]
-    combined = skeleton_image(poses, canvas_size, size, stick_width, joint_radius)
+    raw person masks (N, h, w) at `latent_size` = (h, w). `parts`: each person's hands and face to
+    draw (None: bodies only); a person's mask then covers them too."""
+    parts = parts or [{} for _ in poses]
+    person_images = [
+        skeleton_image([pose], canvas_size, size, stick_width, joint_radius, [own]) for pose, own in zip(poses, parts)
+    ]
+    combined = skeleton_image(poses, canvas_size, size, stick_width, joint_radius, parts)
     return combined, person_images, raw_masks(person_images, latent_size, dilation, blur_sigma)
 
 
@@ -204,11 +282,14 @@ def mask_previews(
     dilation: int | None = None,
     blur_sigma: float = DEFAULT_MASK_BLUR,
     temperature: float = 0.001,
+    parts: list[Parts] | None = None,
 ) -> list[np.ndarray]:
     """Skeletons over each person's region at canvas size, for the early (hard) and the late
-    (soft) steps, with masks computed on the canvas's 1/8 latent grid (no model needed)."""
+    (soft) steps, with masks computed on the canvas's 1/8 latent grid (no model needed); `parts`:
+    each person's hands and face to draw (None: bodies only)."""
     width, height = canvas_size
-    control, _, raw = scene_maps(poses, canvas_size, canvas_size, (height // 8, width // 8), dilation, blur_sigma)
+    latent_size = (height // 8, width // 8)
+    control, _, raw = scene_maps(poses, canvas_size, canvas_size, latent_size, dilation, blur_sigma, parts=parts)
     raw_t = torch.from_numpy(raw)
     return [
         mask_overlay(upsample_masks(masks.numpy(), canvas_size), control)
@@ -216,21 +297,46 @@ def mask_previews(
     ]
 
 
-def labelled_grid(images: list[list[Image.Image]], columns: list[str], rows: list[str]) -> Image.Image:
-    """Images in a grid with a header per column and a label per row; images narrower than 128 px
-    (the toy model's 64 px) are enlarged by a whole factor so that the labels fit."""
-    w, h = images[0][0].size
-    factor = -(-128 // w)
+def caption_font(texts: list[str], width: int) -> ImageFont.FreeTypeFont:
+    """Pillow's built-in font for captions under images `width` pixels wide: 1/16 of the width
+    (readable when a row of 3 is shown a third of its size), 16 px at least, smaller only where
+    a caption would not fit its image's width otherwise."""
+    size = max(16, width // 16)
+    font = ImageFont.load_default(size=size)
+    while size > 8 and max(font.getlength(t) for t in texts) > width - 8:
+        size -= 1
+        font = ImageFont.load_default(size=size)
+    return font
+
+
+def captioned(images: list[Image.Image | np.ndarray], captions: list[str], gap: int = 8) -> Image.Image:
+    """`images` side by side, `gap` white pixels apart, each with its caption in a white band
+    under it (under, where no viewer's label or toolbar covers it); images narrower than 256 px
+    (the toy model's 64 px) are enlarged by a whole factor first."""
+    images = [Image.fromarray(i) if isinstance(i, np.ndarray) else i for i in images]
+    w, h = images[0].size
+    factor = -(-256 // w)
     if factor > 1:
         w, h = w * factor, h * factor
-        images = [[image.resize((w, h), Image.NEAREST) for image in row] for row in images]
-    top, left = 24, 64 if any(rows) else 0
-    grid = Image.new("RGB", (left + w * len(columns), top + h * len(rows)), "white")
-    draw = ImageDraw.Draw(grid)
-    for j, name in enumerate(columns):
-        draw.text((left + j * w + 4, 6), name, fill="black")
-    for i, (label, row) in enumerate(zip(rows, images)):
-        draw.text((4, top + i * h + h // 2 - 6), label, fill="black")
-        for j, image in enumerate(row):
-            grid.paste(image, (left + j * w, top + i * h))
+        images = [image.resize((w, h), Image.NEAREST) for image in images]
+    font = caption_font(captions, w)
+    band = int(font.size * 1.8)
+    out = Image.new("RGB", (len(images) * w + (len(images) - 1) * gap, h + band), "white")
+    draw = ImageDraw.Draw(out)
+    for j, (image, text) in enumerate(zip(images, captions)):
+        x = j * (w + gap)
+        out.paste(image, (x, 0))
+        draw.text((x + w // 2, h + band // 2), text, fill="black", font=font, anchor="mm")
+    return out
+
+
+def labelled_grid(images: list[list[Image.Image]], columns: list[str], rows: list[str]) -> Image.Image:
+    """Rows of images, each captioned with its column's name and its row's label ("method, seed 3"),
+    the captions under the images (see `captioned`)."""
+    lines = []
+    for label, row in zip(rows, images):
+        lines.append(captioned(row, [f"{column}, {label}" if label else column for column in columns]))
+    grid = Image.new("RGB", (lines[0].width, sum(line.height for line in lines)), "white")
+    for i, line in enumerate(lines):
+        grid.paste(line, (0, i * line.height))
     return grid

@@ -3,8 +3,10 @@
 On disk a scene is OpenPose JSON as pose editors write it (`canvas_width`, `canvas_height`,
 `people[].pose_keypoints_2d` with 18 x [x, y, confidence] in pixels) plus FineControl's fields:
 a `prompt` (and optional `negative_prompt`, `control_strength`) per person, and the scene's
-`setting`, `negative_prompt` and `format` version. Fields this module does not know (hand or face
-keypoints, editor extras) are kept and written back, so nothing a user made is lost.
+`setting`, `negative_prompt` and `format` version. A person's hands and face
+(`hand_left_keypoints_2d`, `hand_right_keypoints_2d`: 21 x [x, y, confidence]; `face_keypoints_2d`:
+70 of them; each may also be an empty list) are read in the body's coordinates. Fields this module
+does not know (3D keypoints, editor extras) are kept and written back, so nothing a user made is lost.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from finecontrol.pose import NUM_KEYPOINTS, visible_limbs
+from finecontrol.pose import NUM_KEYPOINTS, PART_KEYPOINTS, Parts, visible_limbs
 
 FORMAT_VERSION = 1
 MAX_PEOPLE = 8
@@ -32,7 +34,7 @@ MAX_CONTROL_STRENGTH = 5.0
 # stay small enough for the renderer (OpenCV draws with 32-bit integers).
 OFF_CANVAS = 1.0  # canvas sizes beyond each edge
 MAX_TEXT_CHARS = 2000  # per prompt, setting or negative prompt (CLIP reads the first 77 tokens)
-MAX_EXTRA_BYTES = 256 * 1024  # fields FineControl does not use (hand and face keypoints...), as JSON
+MAX_EXTRA_BYTES = 256 * 1024  # fields FineControl does not use (3D keypoints, editor extras...), as JSON
 MAX_SCENE_BYTES = 4 * 1024 * 1024  # a scene document's JSON text
 MAX_NESTING = 64  # JSON depth
 COORDINATES = ("pixels", "normalized")  # the optional "coordinates" field's values
@@ -41,7 +43,7 @@ COORDINATES = ("pixels", "normalized")  # the optional "coordinates" field's val
 NORMALISED_GUESS_LIMIT = 2.0
 
 _NUMBER_LIST = re.compile(r"\[([-+0-9.eE,\s]+)\]")
-_PERSON_FIELDS = {"pose_keypoints_2d", "prompt", "negative_prompt", "control_strength"}
+_PERSON_FIELDS = {"pose_keypoints_2d", "prompt", "negative_prompt", "control_strength", *PART_KEYPOINTS}
 _SCENE_FIELDS = {"canvas_width", "canvas_height", "people", "setting", "negative_prompt", "format", "coordinates"}
 
 
@@ -83,23 +85,28 @@ def text_problem(text: str) -> str | None:
 
 @dataclass(eq=False)
 class Person:
-    """One person: an (18, 3) pose in canvas pixels and the text that describes them."""
+    """One person: an (18, 3) pose in canvas pixels, their hands and face (`parts`: field name ->
+    (21 or 70, 3) array in the same pixels, or (0, 3) for an empty list) and the text that describes them."""
 
     keypoints: np.ndarray
     prompt: str = ""
     negative_prompt: str | None = None
     control_strength: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    parts: Parts = field(default_factory=dict)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Person):
             return NotImplemented
-        return np.array_equal(self.keypoints, other.keypoints) and (
-            self.prompt,
-            self.negative_prompt,
-            self.control_strength,
-            self.extra,
-        ) == (other.prompt, other.negative_prompt, other.control_strength, other.extra)
+        same_parts = self.parts.keys() == other.parts.keys() and all(
+            np.array_equal(points, other.parts[name]) for name, points in self.parts.items()
+        )
+        return (
+            np.array_equal(self.keypoints, other.keypoints)
+            and same_parts
+            and (self.prompt, self.negative_prompt, self.control_strength, self.extra)
+            == (other.prompt, other.negative_prompt, other.control_strength, other.extra)
+        )
 
 
 @dataclass
@@ -122,6 +129,9 @@ class Scene:
         for person in self.people:
             entry: dict[str, Any] = dict(person.extra)
             entry["pose_keypoints_2d"] = [float(v) for v in person.keypoints.reshape(-1)]
+            for name in PART_KEYPOINTS:  # in OpenPose's order
+                if name in person.parts:
+                    entry[name] = [float(v) for v in person.parts[name].reshape(-1)]
             entry["prompt"] = person.prompt
             if person.negative_prompt is not None:
                 entry["negative_prompt"] = person.negative_prompt
@@ -216,6 +226,7 @@ def scene_from_dict(doc: Any) -> Scene:
     width = _canvas_size(doc, "canvas_width")
     height = _canvas_size(doc, "canvas_height")
     poses = [_keypoints(entry, i) for i, entry in enumerate(people_doc)]
+    parts = [_parts(entry, i) for i, entry in enumerate(people_doc)]
     notes = []
     if _normalised(doc, poses):
         if "coordinates" not in doc:
@@ -223,11 +234,13 @@ def scene_from_dict(doc: Any) -> Scene:
                 f"keypoints read as normalised coordinates (0..1 of the canvas): every visible one lies "
                 f'within {NORMALISED_GUESS_LIMIT:g} of 0; add "coordinates": "pixels" to the scene if they are pixels'
             )
-        for p in poses:
+        for p in poses + [points for own in parts for points in own.values()]:
             p[:, 0] *= width
             p[:, 1] *= height
-    for i, pose in enumerate(poses):
+    for i, (pose, own) in enumerate(zip(poses, parts)):
         _check_on_canvas(pose, width, height, i)
+        for name, points in own.items():  # hidden points are never drawn: only the shown ones count
+            _check_on_canvas(points, width, height, i, f"'{name}' keypoint", only_shown=True)
 
     people = []
     for i, (entry, pose) in enumerate(zip(people_doc, poses)):
@@ -240,6 +253,7 @@ def scene_from_dict(doc: Any) -> Scene:
                 negative_prompt=_text(entry, "negative_prompt", f"person {i + 1}"),
                 control_strength=_strength(entry.get("control_strength"), i),
                 extra=person_extras[i],
+                parts=parts[i],
             )
         )
     from finecontrol.render import people_off_canvas  # (cv2: imported only when a scene is read)
@@ -272,15 +286,18 @@ def _normalised(doc: dict, poses: list[np.ndarray]) -> bool:
     return values.size > 0 and bool(np.abs(values).max() <= NORMALISED_GUESS_LIMIT)
 
 
-def _check_on_canvas(pose: np.ndarray, width: int, height: int, i: int) -> None:
-    """Every keypoint within OFF_CANVAS canvas sizes of the canvas."""
+def _check_on_canvas(
+    pose: np.ndarray, width: int, height: int, i: int, what: str = "keypoint", only_shown: bool = False
+) -> None:
+    """Every keypoint (`only_shown`: every shown one) within OFF_CANVAS canvas sizes of the canvas."""
     for axis, (name, side) in enumerate((("x", width), ("y", height))):
         low, high = -OFF_CANVAS * side, (1 + OFF_CANVAS) * side
         values = pose[:, axis]
-        bad = np.flatnonzero((values < low) | (values > high))
+        out = (values < low) | (values > high)
+        bad = np.flatnonzero(out & (pose[:, 2] > 0) if only_shown else out)
         if bad.size:
             raise SceneError(
-                f"person {i + 1}: keypoint {bad[0] + 1} has {name} = {values[bad[0]]:.6g}, too far off the "
+                f"person {i + 1}: {what} {bad[0] + 1} has {name} = {values[bad[0]]:.6g}, too far off the "
                 f"canvas: keypoints may lie at most one canvas size beyond its edges ({low:g}..{high:g})"
             )
 
@@ -346,6 +363,25 @@ def _keypoints(entry: Any, i: int) -> np.ndarray:
     if not all(is_finite_number(v) for v in values):
         raise SceneError(f"person {i + 1} has non-finite keypoint values (NaN, infinity or too large)")
     return np.asarray(values, dtype=np.float64).reshape(NUM_KEYPOINTS, 3)
+
+
+def _parts(entry: dict, i: int) -> Parts:
+    """The person's hands and face present in `entry`, each (count, 3) or (0, 3) for an empty list."""
+    parts = {}
+    for name, count in PART_KEYPOINTS.items():
+        if name not in entry:
+            continue
+        values = entry[name]
+        if not isinstance(values, list) or len(values) not in (0, count * 3):
+            got = f"{len(values)} values" if isinstance(values, list) else f"a {type(values).__name__}"
+            raise SceneError(
+                f"person {i + 1}: '{name}' has {got}: expected {count * 3} ({count} keypoints as x, y, "
+                f"confidence) or an empty list"
+            )
+        if not all(is_finite_number(v) for v in values):
+            raise SceneError(f"person {i + 1}: '{name}' holds values that are not finite numbers")
+        parts[name] = np.asarray(values, dtype=np.float64).reshape(-1, 3)
+    return parts
 
 
 def _text(doc: dict, key: str, owner: str) -> str | None:

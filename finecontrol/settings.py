@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field, fields
 from functools import cache
 from typing import Any
 
+from finecontrol.pose import PART_CHOICES
 from finecontrol.scene import MAX_CANVAS, MIN_CANVAS, brief, is_finite_number, text_problem
 
 METHODS = ("finecontrol", "controlnet", "multicontrolnet", "finecontrol-all")
@@ -20,6 +21,7 @@ COMPOSING_METHODS = ("finecontrol", "finecontrol-all")  # one branch per person,
 COMPARED_METHODS = ("finecontrol", "controlnet", "multicontrolnet")  # the paper's method and its baselines
 SCHEDULERS = ("ddim", "ddim-original", "dpm++", "unipc")
 MAX_SEED = 2**32 - 1
+POSE_PARTS = tuple(PART_CHOICES)  # what the control image draws of each person
 
 
 @dataclass(frozen=True)
@@ -206,6 +208,18 @@ class Settings:
         help="appended to every prompt",
     )
     eta: float = _knob(0.0, kind="number", low=0.0, high=1.0, paper="0", flag="eta", help="DDIM eta (0: deterministic)")
+    pose_parts: str = _knob(
+        "body+hands+face",
+        kind="choice",
+        choices=POSE_PARTS,
+        flag="pose-parts",
+        widget="dropdown",
+        label="Control image draws",
+        help="what the control image (and so each person's mask) draws of the people who have hand and "
+        "face keypoints: body, body+hands or body+hands+face, as ControlNet's OpenPose annotator draws "
+        "them (the OpenPose ControlNet v1.1 was trained with and without hands and faces); people "
+        "without them are drawn the same either way",
+    )
 
     def __post_init__(self) -> None:
         for name, knob in knobs().items():

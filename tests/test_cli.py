@@ -75,21 +75,32 @@ def test_compare_writes_a_labelled_grid_of_methods_by_seeds(tmp_path):
         == 0
     )
     grid = Image.open(out)
-    assert grid.size == (64 + 2 * 128, 24 + 2 * 88)
-    cells = np.asarray(grid.convert("RGB"))[24:, 64:]
-    assert not np.array_equal(cells[:88, :128], cells[:88, 128:])  # methods differ
-    assert not np.array_equal(cells[:88, :128], cells[88:, :128])  # seeds differ
+    # the tiny model's 128x88 enlarged twice to 256x176, 8 px apart, captions in a band under each
+    # row (a 16 px font at 256 px: 1/16 of the width, 16 at least; the band 1.8 times the font)
+    row = 176 + int(16 * 1.8)
+    assert grid.size == (2 * 256 + 8, 2 * row)
+    pixels = np.asarray(grid.convert("RGB"))
+    cells = [[pixels[r * row : r * row + 176, c * 264 : c * 264 + 256] for c in range(2)] for r in range(2)]
+    assert not np.array_equal(cells[0][0], cells[0][1])  # methods differ
+    assert not np.array_equal(cells[0][0], cells[1][0])  # seeds differ
+    assert (pixels[:, 256:264] == 255).all()  # the gap between the methods
+    for r in range(2):  # each row's captions under its images
+        assert (pixels[r * row + 176 : (r + 1) * row].max(axis=2) < 128).sum() > 100
 
 
 def test_masks_needs_no_model_and_draws_both_phases(tmp_path):
     out = tmp_path / "masks.png"
     assert main(["masks", "assets/scenes/five_people.json", "--out", str(out)]) == 0
     image = Image.open(out)
-    assert image.size == (2 * 768, 24 + 512)
-    panels = np.asarray(image.convert("RGB"))[24:]
+    # two 768x512 panels 8 px apart, each captioned under it (a 48 px font: 1/16 of 768 px)
+    assert image.size == (2 * 768 + 8, 512 + int(48 * 1.8))
+    pixels = np.asarray(image.convert("RGB"))
     five = load_scene("assets/scenes/five_people.json")
-    for panel in (panels[:, :768], panels[:, 768:]):
+    for panel in (pixels[:512, :768], pixels[:512, 776:]):
         assert_each_person_colours_their_own_region(panel, five)
+    assert (pixels[:, 768:776] == 255).all()
+    for x0 in (0, 776):
+        assert (pixels[512:, x0 : x0 + 768].max(axis=2) < 128).sum() > 100
 
 
 def test_bad_input_gives_one_line_error_and_status_2(tmp_path, capsys):

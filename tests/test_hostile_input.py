@@ -159,8 +159,8 @@ def test_messages_never_echo_a_huge_value():
 
 def test_unknown_fields_are_kept_up_to_a_stated_size():
     d = doc()
-    d["people"][0]["face_keypoints_2d"] = [1.0] * (70 * 3)  # an OpenPose face: kept
-    assert scene_from_dict(d).people[0].extra["face_keypoints_2d"] == [1.0] * 210
+    d["people"][0]["face_keypoints_3d"] = [1.0] * (70 * 4)  # an OpenPose 3-D face: kept
+    assert scene_from_dict(d).people[0].extra["face_keypoints_3d"] == [1.0] * 280
     d["editor_blob"] = "x" * (MAX_EXTRA_BYTES + 1)
     refused(d, f"extra fields .* take 257 KB: at most {MAX_EXTRA_BYTES // 1024} KB are kept")
 

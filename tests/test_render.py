@@ -161,8 +161,36 @@ def test_labelled_grid_enlarges_small_images_so_labels_fit():
 
     small = Image.new("RGB", (64, 48), "red")
     grid = labelled_grid([[small, small]], ["finecontrol", "controlnet"], ["seed 0"])
-    assert grid.size == (64 + 2 * 128, 24 + 96)
-    assert grid.getpixel((64 + 127, 24 + 95)) == (255, 0, 0)
+    # enlarged 4x to 256x192 (at least 256 px wide), 8 white px apart, a caption band under each
+    # (a 16 px font at 256 px: 1/16 of the width, 16 at least; the band 1.8 times the font)
+    band = int(16 * 1.8)
+    assert grid.size == (2 * 256 + 8, 192 + band)
+    pixels = np.asarray(grid)
+    assert (pixels[:192, :256] == (255, 0, 0)).all() and (pixels[:192, 264:] == (255, 0, 0)).all()
+    assert (pixels[:, 256:264] == 255).all()  # the gap
+    for x0 in (0, 264):  # "finecontrol, seed 0" and "controlnet, seed 0" under the images
+        caption = pixels[192:, x0 : x0 + 256]
+        dark = np.flatnonzero((caption.max(axis=2) < 128).any(axis=0))
+        assert dark.size > 50 and abs((dark.min() + dark.max()) / 2 - 128) <= 8  # centred under its image
+        assert (pixels[192:, x0 : x0 + 256] == 255).all(axis=2).mean() > 0.8
+
+
+def test_captioned_puts_each_caption_under_its_image():
+    from PIL import Image
+
+    from finecontrol.render import captioned
+
+    left, right = np.zeros((512, 768, 3), np.uint8), np.full((512, 768, 3), 200, np.uint8)
+    image = np.asarray(captioned([left, right], ["early", "a much longer caption"]))
+    band = int(768 // 16 * 1.8)  # no enlargement at 768 px; a 48 px font
+    assert image.shape == (512 + band, 2 * 768 + 8, 3)
+    assert (image[:512, :768] == 0).all() and (image[:512, 776:] == 200).all()
+    widths = []
+    for x0 in (0, 776):
+        dark = np.flatnonzero((image[512:, x0 : x0 + 768].max(axis=2) < 128).any(axis=0))
+        widths.append(dark.max() - dark.min())
+    assert widths[0] < widths[1]  # each caption under its own image
+    assert isinstance(captioned([Image.fromarray(left)], ["pil"]), Image.Image)
 
 
 def test_people_off_canvas_are_those_that_draw_nothing_on_it():

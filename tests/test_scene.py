@@ -47,14 +47,14 @@ def test_normalised_coordinates_are_scaled_to_the_canvas():
 def test_save_then_load_keeps_every_field(tmp_path):
     doc = openpose_doc([standing(150), standing(350)], setting="in a forest", negative_prompt="blurry")
     doc["people"][0].update(prompt="an astronaut", negative_prompt="helmet", control_strength=1.2)
-    doc["people"][1].update(prompt="a samurai", hand_left_keypoints_2d=[1, 2, 3])
+    doc["people"][1].update(prompt="a samurai", hand_left_keypoints_3d=[1, 2, 3, 4])
     doc["animals"] = []
     scene = scene_from_dict(doc)
     scene.save(tmp_path / "scene.json")
     again = load_scene(tmp_path / "scene.json")
     assert again == scene
     assert again.people[0].negative_prompt == "helmet" and again.people[0].control_strength == 1.2
-    assert again.people[1].extra == {"hand_left_keypoints_2d": [1, 2, 3]}
+    assert again.people[1].extra == {"hand_left_keypoints_3d": [1, 2, 3, 4]}
     assert again.extra == {"animals": []}
 
 

@@ -530,7 +530,15 @@ def train(out: Path | str, resume: bool = False, checkpoint: Path | str | None =
         stick_width=STICK_WIDTH,
         joint_radius=JOINT_RADIUS,
         vocabulary=VOCABULARY,
-        defaults={"quality_suffix": "", "guidance_scale": 3.0, "control_strength": 1.0, "harmony": 0.0, "steps": 20},
+        # "pose_parts": its world's figures have no hands or faces, so it was trained on bodies alone
+        defaults={
+            "quality_suffix": "",
+            "guidance_scale": 3.0,
+            "control_strength": 1.0,
+            "harmony": 0.0,
+            "steps": 20,
+            "pose_parts": "body",
+        },
         negative_prompt="",
         training_minutes=round(minutes, 1),
     ).write(out)
