@@ -134,7 +134,7 @@ def benchmark_app(args: argparse.Namespace, port: int = 7899) -> None:
         settings = Settings(method=args.method, steps=args.steps)
         knobs = knob_values(settings)
         for n in _numbers(args.people):
-            inputs = (crowd(n).to_dict(), "in a park", "")
+            inputs = ({**crowd(n).to_dict(), "setting": "in a park", "negative_prompt": ""},)
             client.predict(*inputs, *knobs, api_name="/masks")  # warm-up
             masks = _timed(args.repeats, client.predict, *inputs, *knobs, api_name="/masks")
             print(f"N={n} masks preview: {statistics.median(masks):.2f} s median ({args.repeats} calls)")
@@ -190,7 +190,7 @@ def benchmark_load(args: argparse.Namespace) -> None:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     app, url = _start_app(args.model, port, {"TMPDIR": str(folder), "GRADIO_TEMP_DIR": str(folder / "gradio")})
-    inputs = (crowd(1).to_dict(), "in a park", "")
+    inputs = ({**crowd(1).to_dict(), "setting": "in a park", "negative_prompt": ""},)
     try:
         Client(url, verbose=False, ssl_verify=False).predict(*inputs, *knob_values(Settings()), api_name="/generate")
         rss_before = proc_status("VmRSS", app.pid)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,11 @@ from finecontrol.scene import MAX_CANVAS, MIN_CANVAS, brief, is_finite_number
 from finecontrol.settings import Settings, SettingsError
 
 MODEL_INFO = "finecontrol.json"
+# What counts as a word when a prompt is checked against a model's vocabulary: a run of letters or
+# digits, lower-cased (punctuation and spaces separate words). WORD_PATTERN is the same rule for
+# the browser (a JavaScript regular expression with the u flag).
+WORD_PATTERN = r"[\p{L}\p{N}]+"
+_WORD = re.compile(r"[^\W_]+")
 MAX_DRAWING_PIXELS = 64  # largest stick width or joint radius (the annotator's are 4)
 
 
@@ -101,3 +107,12 @@ class ModelInfo:
 def _check_whole(name: str, value: Any, low: int, high: int) -> None:
     if not (isinstance(value, int) and not isinstance(value, bool) and low <= value <= high):
         raise SettingsError(f"{MODEL_INFO}: {name} must be a positive whole number ({low}..{high}), got {brief(value)}")
+
+
+def unknown_words(text: str, vocabulary: tuple[str, ...] | list[str]) -> list[str]:
+    """The words of `text` outside `vocabulary`, lower-cased, each once, in order of appearance;
+    none when the vocabulary is empty (a model that takes any text)."""
+    if not vocabulary:
+        return []
+    known = set(vocabulary)
+    return list(dict.fromkeys(w for w in _WORD.findall(text.lower()) if w not in known))

@@ -154,8 +154,10 @@ DEFAULT_ANNOTATORS = "lllyasviel/Annotators"
 
 def load_pose_detector(source: str = DEFAULT_ANNOTATORS):
     """controlnet_aux's OpenPose detector from a local folder (body_pose_model.pth,
-    hand_pose_model.pth, facenet.pth) or the hub; returns `detect(rgb_array) -> bodies`, each body
-    18 normalised (x, y) keypoints or None. Offline without the files it fails fast."""
+    hand_pose_model.pth, facenet.pth) or the hub; returns `detect(rgb_array) -> people`, each
+    person a controlnet_aux PoseResult: the body's 18 keypoints (normalised x, y; None when missing)
+    and the hands and face it found (None when not found; a missing point at negative x or y).
+    Offline without the files it fails fast."""
     from controlnet_aux import OpenposeDetector
 
     if not Path(source).is_dir():
@@ -174,10 +176,7 @@ def load_pose_detector(source: str = DEFAULT_ANNOTATORS):
         detector = OpenposeDetector.from_pretrained(source)
 
     def detect(image):
-        return [
-            [(k.x, k.y) if k is not None else None for k in result.body.keypoints]
-            for result in detector.detect_poses(image)
-        ]
+        return detector.detect_poses(image, include_hand=True, include_face=True)
 
     return detect
 

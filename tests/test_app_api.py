@@ -30,9 +30,14 @@ def inline(value: dict, kind: str) -> Image.Image:
     return Image.open(io.BytesIO(base64.b64decode(data)))
 
 
+def value(scene=TWO, setting: str = "", negative: str = "") -> dict:
+    """What the page's canvas sends: the scene with its setting and negative prompt."""
+    return {**scene.to_dict(), "setting": setting, "negative_prompt": negative}
+
+
 def test_generate_returns_an_image_that_carries_its_scene(client):
     image, control, masks, prompts = client.predict(
-        TWO.to_dict(), "in a forest", "", *knob_values(Settings(steps=4, seed=11)), api_name="/generate"
+        value(setting="in a forest"), *knob_values(Settings(steps=4, seed=11)), api_name="/generate"
     )
     scene, settings = read_png(image)
     assert scene.people == TWO.people and settings.seed == 11
@@ -44,7 +49,7 @@ def test_previews_come_inline_and_only_the_result_png_is_a_file(client, monkeypa
     """Previews (webp), the control map and the masks (png) travel in the updates themselves; the
     one file to fetch is the result, the PNG that carries its scene."""
     monkeypatch.setattr(handlers, "PREVIEW_MIN_SECONDS", 0)  # the app runs in this process
-    job = client.submit(TWO.to_dict(), "", "", *knob_values(Settings(steps=8, seed=2)), api_name="/generate")
+    job = client.submit(value(), *knob_values(Settings(steps=8, seed=2)), api_name="/generate")
     image, control, masks, _ = job.result()
     previews = [update[0] for update in job.outputs()[:-1]]
     assert len(previews) == 1 and inline(previews[0], "webp").size == (128 // 8, 88 // 8)  # step 4 of 8
@@ -64,27 +69,27 @@ def test_the_idle_app_hardly_uses_the_cpu(app_url):
 
 def test_generate_rejects_a_bad_scene_with_its_reason(client):
     with pytest.raises(Exception, match="person 1 has 3 keypoint values"):
-        client.predict(
-            {"people": [{"pose_keypoints_2d": [1, 2, 3]}]}, "", "", *knob_values(Settings()), api_name="/generate"
-        )
+        client.predict({"people": [{"pose_keypoints_2d": [1, 2, 3]}]}, *knob_values(Settings()), api_name="/generate")
 
 
 def test_masks_preview_comes_inline(client):
-    masks = client.predict(TWO.to_dict(), "", "", *knob_values(Settings()), api_name="/masks")
-    assert inline(masks, "png").size == (2 * TWO.width + 8, TWO.height)
+    masks = client.predict(value(), *knob_values(Settings()), api_name="/masks")
+    width, height = inline(masks, "png").size
+    assert width == 2 * TWO.width + 8 and height > TWO.height  # captions under the two halves
 
 
 def test_compare_returns_a_grid(client):
-    grid = client.predict(TWO.to_dict(), "", "", 0, *knob_values(Settings(steps=2)), api_name="/compare")
-    assert Image.open(grid).size == (64 + 3 * 128, 24 + 88)
+    grid = client.predict(value(), 0, *knob_values(Settings(steps=2)), api_name="/compare")
+    width, height = Image.open(grid).size
+    assert width == 3 * 256 + 2 * 8 and height > 176  # 128x88 images enlarged to 256x176, captioned
 
 
 def test_export_and_import_round_trip(client):
-    exported = client.predict(TWO.to_dict(), "by the sea", "blurry", api_name="/export_scene")
+    exported = client.predict(value(setting="by the sea", negative="blurry"), api_name="/export_scene")
     assert json.loads(open(exported).read())["setting"] == "by the sea"
-    value, setting, negative, *knobs = client.predict(handle_file(exported), api_name="/import_scene")
-    assert value["people"] == TWO.to_dict()["people"]
-    assert (setting, negative) == ("by the sea", "blurry")
+    imported, *knobs = client.predict(handle_file(exported), api_name="/import_scene")
+    assert imported["people"] == TWO.to_dict()["people"]
+    assert (imported["setting"], imported["negative_prompt"]) == ("by the sea", "blurry")
 
 
 def test_each_advanced_control_sets_the_setting_its_label_names(client):
@@ -105,7 +110,7 @@ def test_each_advanced_control_sets_the_setting_its_label_names(client):
     )
     by_label = {knob.label: getattr(wanted, name) for name, knob in knobs().items() if knob.widget}
     parameters = client.view_api(return_format="dict", print_info=False)["named_endpoints"]["/generate"]["parameters"]
-    scene_inputs = [TWO.to_dict(), "", ""]
+    scene_inputs = [value()]
     args = scene_inputs + [by_label[p["label"]] for p in parameters[len(scene_inputs) :]]
     assert len(args) == len(parameters) == len(scene_inputs) + len(by_label)
     image = client.predict(*args, api_name="/generate")[0]

@@ -94,15 +94,16 @@ def test_cancelling_compare_stops_within_one_step_and_starts_no_other_method(rec
 
     def compare():
         try:
-            handlers.compare(
+            for _ in handlers.compare(
                 Engine("tiny", pipe=recorder.pipe, run=recorder),
                 TWO.to_dict(),
-                "",
-                "",
+                None,
+                None,
                 3,
                 *knobs(steps=LONG),
                 cancel=cancel,
-            )
+            ):
+                pass
         except BaseException as err:
             failure.append(err)
 
@@ -133,11 +134,11 @@ def test_a_cancelled_job_stops_within_a_step_and_the_next_one_runs(served, endpo
     recorder.runs.clear()
     recorder.hold_next()
     extra = [3] if endpoint == "/compare" else []  # 12 generations of LONG steps
-    job = client.submit(TWO.to_dict(), "", "", *extra, *knobs(steps=LONG), api_name=endpoint)
+    job = client.submit(TWO.to_dict(), *extra, *knobs(steps=LONG), api_name=endpoint)
     assert recorder.held.wait(60), "the job never reached its step"
     job.cancel()  # returns once the server has handled the cancel
     recorder.go_on.set()
-    image = client.predict(TWO.to_dict(), "", "", *knobs(steps=2), api_name="/generate")[0]
+    image = client.predict(TWO.to_dict(), *knobs(steps=2), api_name="/generate")[0]
     assert Image.open(image).size == (128, 88)
     assert recorder.runs == [
         {"steps": HOLD_AT, "outcome": "GenerationCancelled", "method": "finecontrol"},
@@ -145,14 +146,19 @@ def test_a_cancelled_job_stops_within_a_step_and_the_next_one_runs(served, endpo
     ]
 
 
-def test_the_progress_bar_shows_the_steps(served):
+@pytest.mark.parametrize("endpoint", ["/generate", "/compare"])
+def test_the_progress_bar_shows_the_steps(served, endpoint):
     """The step callback runs on the torch thread, in the context of the event it serves (Gradio
-    finds the event to report progress to in context variables)."""
+    finds the event to report progress to in context variables); a comparison says which of its
+    images is running."""
     recorder, client = served
     recorder.hold_next()
-    job = client.submit(TWO.to_dict(), "", "", *knobs(steps=LONG), api_name="/generate")
+    extra = [0] if endpoint == "/compare" else []  # 3 images: one per method
+    job = client.submit(TWO.to_dict(), *extra, *knobs(steps=LONG), api_name=endpoint)
     assert recorder.held.wait(60)
     wanted, shown = f"step {HOLD_AT - 1}/{LONG}", None
+    if endpoint == "/compare":
+        wanted = f"image 1 of 3 (finecontrol, seed {Settings().seed}): {wanted}"
     for _ in range(600):  # until the queue has sent the progress of the step before the held one
         progress = job.status().progress_data
         shown = progress[0].desc if progress else None
@@ -177,10 +183,10 @@ def test_generations_leave_no_objects_behind_in_the_session(served, monkeypatch)
 
     monkeypatch.setattr(handlers, "PREVIEW_MIN_SECONDS", 0)  # the app runs in this process
     recorder, client = served
-    client.predict(TWO.to_dict(), "", "", *knobs(steps=2), api_name="/generate")
+    client.predict(TWO.to_dict(), *knobs(steps=2), api_name="/generate")
     before = components()
     for seed in range(3):
-        job = client.submit(TWO.to_dict(), "", "", *knobs(steps=12, seed=seed), api_name="/generate")
+        job = client.submit(TWO.to_dict(), *knobs(steps=12, seed=seed), api_name="/generate")
         job.result()
         assert len(job.outputs()) == 3  # previews at steps 4 and 8, then the result
     assert components() == before
@@ -301,7 +307,7 @@ def test_the_app_refuses_a_huge_photo_with_its_reason(served, tmp_path):
     recorder, client = served
     photo = _png_header_only(tmp_path / "huge.png", 20000, 20000)
     with pytest.raises(Exception, match="huge.png is too large for pose detection \\(at most 50 megapixels"):
-        client.predict(handle_file(photo), TWO.to_dict(), "", "", api_name="/pose_from_photo")
+        client.predict(handle_file(photo), TWO.to_dict(), api_name="/pose_from_photo")
 
 
 def test_uploads_larger_than_the_limit_are_refused(served, tmp_path):
@@ -314,7 +320,7 @@ def test_uploads_larger_than_the_limit_are_refused(served, tmp_path):
     big = tmp_path / "big.png"
     big.write_bytes(b"\0" * (MAX_UPLOAD_BYTES + 1))
     with pytest.raises(Exception, match="413|too large|exceeds"):
-        client.predict(handle_file(big), TWO.to_dict(), "", "", api_name="/pose_from_photo")
+        client.predict(handle_file(big), TWO.to_dict(), api_name="/pose_from_photo")
 
 
 @pytest.mark.slow

@@ -221,32 +221,36 @@ BAD_KNOBS = [
 @pytest.mark.parametrize("index, value, message", BAD_KNOBS)
 def test_the_api_answers_a_wrong_setting_with_what_is_expected(client, index, value, message):
     with pytest.raises(Exception, match=message):
-        client.predict(TWO.to_dict(), "", "", *knobs_with(index, value), api_name="/masks")
+        client.predict(TWO.to_dict(), *knobs_with(index, value), api_name="/masks")
 
 
 @pytest.mark.parametrize(
-    "args, message",
+    "value, message",
     [
-        ([[1, 2], "", ""], "sent no scene \\(a list"),
-        ([TWO.to_dict(), ["a"], ""], "setting must be text, not a list"),
-        ([TWO.to_dict(), "", {"a": 1}], "negative prompt must be text, not a dict"),
-        ([{"people": "x" * 100_000}, "", ""], "'people' must be a list"),
+        ([1, 2], "sent no scene \\(a list"),
+        ({**TWO.to_dict(), "setting": ["a"]}, "Invalid scene: scene: 'setting' must be text, got list"),
+        (
+            {**TWO.to_dict(), "negative_prompt": {"a": 1}},
+            "Invalid scene: scene: 'negative_prompt' must be text, got dict",
+        ),
+        ({"people": "x" * 100_000}, "'people' must be a list"),
     ],
 )
-def test_the_api_answers_a_wrong_scene_with_a_reason(client, args, message):
+def test_the_api_answers_a_wrong_scene_with_a_reason(client, value, message):
+    """The setting and negative prompt are fields of the canvas's value: wrong types in them too."""
     with pytest.raises(Exception, match=message):
-        client.predict(*args, api_name="/export_scene")
+        client.predict(value, api_name="/export_scene")
 
 
 def test_the_api_compare_refuses_wrong_extra_seeds_by_name(client):
     knobs = handlers.knob_values(Settings(steps=1))
     with pytest.raises(Exception, match="Extra seeds must be a whole number from 0 to 3"):
-        client.predict(TWO.to_dict(), "", "", "many", *knobs, api_name="/compare")
+        client.predict(TWO.to_dict(), "many", *knobs, api_name="/compare")
 
 
 def test_no_message_quotes_the_app_folder(client):
     with pytest.raises(Exception) as info:
-        client.predict(TWO.to_dict(), "", "", *knobs_with(0, "x" * 100_000), api_name="/masks")
+        client.predict(TWO.to_dict(), *knobs_with(0, "x" * 100_000), api_name="/masks")
     assert len(str(info.value)) < 2000 and str(Path.cwd()) not in str(info.value)
 
 
@@ -255,7 +259,7 @@ def test_no_input_of_masks_gets_a_bare_error(client, value):
     """Every input of /masks (the same ones as /generate) given a wrong type: an error that says
     what is wrong, never Gradio's bare "Error" (which gradio_client reports as "not enabled verbose
     error reporting")."""
-    good = [TWO.to_dict(), "", "", *handlers.knob_values(Settings(steps=1))]
+    good = [TWO.to_dict(), *handlers.knob_values(Settings(steps=1))]
     for index in range(len(good)):
         args = list(good)
         args[index] = value
@@ -266,14 +270,15 @@ def test_no_input_of_masks_gets_a_bare_error(client, value):
 
 
 def test_importing_plain_openpose_leaves_the_setting_and_negative_boxes_alone(tmp_path):
-    """A file without a setting or negative prompt (or with null ones) does not empty those boxes."""
+    """A file without a setting or negative prompt (or with null ones) gives a value without them,
+    so that the canvas keeps its own rather than emptying them."""
     pose = load_scene("assets/scenes/one_person.json").people[0].keypoints
     path = tmp_path / "plain.json"
     path.write_text(json.dumps({"people": [{"pose_keypoints_2d": pose.reshape(-1).tolist()}], "negative_prompt": None}))
-    _, setting, negative, *_ = handlers.import_file(str(path))
-    assert isinstance(setting, type(gr.skip())) and isinstance(negative, type(gr.skip()))
-    _, setting, negative, *_ = handlers.import_file("assets/scenes/two_people.json")
-    assert (setting, negative) == (TWO.setting, TWO.negative_prompt)
+    value, *_ = handlers.import_file(str(path))
+    assert "setting" not in value and "negative_prompt" not in value and len(value["people"]) == 1
+    value, *_ = handlers.import_file("assets/scenes/two_people.json")
+    assert (value["setting"], value["negative_prompt"]) == (TWO.setting, TWO.negative_prompt)
 
 
 def test_an_unreadable_photo_is_named_without_its_server_folder(tmp_path):

@@ -178,8 +178,6 @@ def test_toy_model_draws_each_typed_colour_on_its_own_skeleton(toy_page):
     drawn = {**scene(page), "setting": "on grass"}  # the setting lives in its own textbox
     score = score_image(image, from_scene(scene_from_dict(drawn)))
     assert score["setting"] and score["identity"] == [True, True, True], score
-    if os.environ.get("FINECONTROL_SCREENSHOT"):
-        page.screenshot(path=os.environ["FINECONTROL_SCREENSHOT"], full_page=True)
 
 
 def test_live_previews_show_in_the_result_box_then_the_png(page, tmp_path):
@@ -222,11 +220,8 @@ def test_export_then_reimport_the_scene(page, tmp_path):
     add_person(page)
     page.fill(".fc-card[data-index='0'] .fc-prompt", "a knight")
     page.click("text=Import / export")
-    page.click("#export-button")
-    link = page.locator("#export-file a").first
-    expect(link).to_be_visible(timeout=30_000)
-    with page.expect_download() as info:
-        link.click()
+    with page.expect_download(timeout=30_000) as info:  # one click: the download starts
+        page.click("#export-button")
     exported = tmp_path / "scene.json"
     info.value.save_as(exported)
     assert json.loads(exported.read_text())["people"][0]["prompt"] == "a knight"
@@ -438,3 +433,240 @@ def test_an_imported_file_with_hostile_text_shows_the_error_as_text(page, tmp_pa
     expect(toast).to_contain_text(f"<img src=http://{HOSTILE_HOST}/toast.png>", timeout=30_000)
     assert toast.locator("img").count() == 0
     assert str(tmp_path) not in toast.inner_text()
+
+
+def in_view(page, selector: str) -> bool:
+    """Whether the element is wholly inside the viewport."""
+    box = page.locator(selector).first.bounding_box()
+    size = page.viewport_size
+    return (
+        box["x"] >= 0
+        and box["y"] >= 0
+        and box["x"] + box["width"] <= size["width"]
+        and (box["y"] + box["height"] <= size["height"])
+    )
+
+
+def test_canvas_cards_generate_and_result_are_in_view_together_at_1400x900(toy_page):
+    page = toy_page
+    page.set_viewport_size({"width": 1400, "height": 900})
+    page.get_by_text("three_people", exact=True).click()
+    expect(page.locator(".fc-card")).to_have_count(3, timeout=30_000)
+    page.evaluate("window.scrollTo(0, 0)")
+    page.click("#generate-button")
+    expect(page.locator("#prompts-used")).to_contain_text("Person 3", timeout=60_000)
+    page.evaluate("window.scrollTo(0, 0)")
+    for selector in (".fc-canvas", ".fc-card[data-index='2']", "#generate-button", "#result img", "#setting"):
+        assert in_view(page, selector), selector
+    if os.environ.get("FINECONTROL_SCREENSHOT_LAYOUT"):
+        page.screenshot(path=os.environ["FINECONTROL_SCREENSHOT_LAYOUT"])
+
+
+def test_on_a_phone_generate_brings_the_result_into_view(browser, toy_app_url):
+    page = browser.new_page(viewport={"width": 390, "height": 844}, has_touch=True, is_mobile=True)
+    page.goto(toy_app_url)
+    page.wait_for_selector(".fc-canvas")
+    page.get_by_text("two_people", exact=True).click()
+    expect(page.locator(".fc-card")).to_have_count(2, timeout=30_000)
+    # touch devices are told about touch, not the mouse wheel
+    expect(page.locator(".fc-help-touch")).to_be_visible()
+    expect(page.locator(".fc-help-mouse")).to_be_hidden()
+    page.locator("#generate-button").scroll_into_view_if_needed()
+    assert not in_view(page, "#result")
+    page.locator("#generate-button").tap()
+    expect(page.locator("#prompts-used")).to_contain_text("Person 2", timeout=60_000)
+    box = page.locator("#result").bounding_box()
+    assert 0 <= box["y"] < page.viewport_size["height"] / 2, box  # its top in the upper half of the screen
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390  # nothing wider than the phone
+    page.close()
+
+
+def test_an_error_leaves_the_outputs_clean_and_the_good_result_shown(toy_page):
+    page = toy_page
+    page.get_by_text("two_people", exact=True).click()
+    expect(page.locator(".fc-card")).to_have_count(2, timeout=30_000)
+    page.click("#generate-button")
+    expect(page.locator("#prompts-used")).to_contain_text("Person 2", timeout=60_000)
+    good = page.locator("#result img").get_attribute("src")
+    for _ in range(2):
+        page.click("#pose-editor button[data-action=delete]")
+    page.click("#generate-button")
+    expect(page.get_by_test_id("toast-body").filter(has_text="The canvas is empty")).to_be_visible(timeout=30_000)
+    for panel in ("#result", "#control-map", "#mask-image", "#prompts-used", "#comparison"):
+        assert page.locator(f"{panel} .error").count() == 0, panel
+    assert page.locator("#result img").get_attribute("src") == good
+    expect(page.locator("#result img")).to_be_visible()
+    expect(page.locator("#result").get_by_text("Result (the PNG carries its scene)")).to_be_visible()
+    for button in ("#masks-button", "#compare-button"):  # they check first too
+        page.click(button)
+        expect(page.get_by_test_id("toast-body").filter(has_text="The canvas is empty").first).to_be_visible()
+        assert page.locator("#mask-image .error, #comparison .error").count() == 0
+
+
+def test_the_result_is_marked_out_of_date_after_a_change_until_the_next_generate(toy_page):
+    page = toy_page
+    note = page.locator("#stale-note .fc-stale")
+    page.get_by_text("one_person", exact=True).click()
+    expect(page.locator(".fc-card")).to_have_count(1, timeout=30_000)
+    expect(note).to_be_hidden()
+    page.click("#generate-button")
+    expect(page.locator("#prompts-used")).to_contain_text("Person 1", timeout=60_000)
+    expect(note).to_be_hidden()
+    page.fill(".fc-card[data-index='0'] .fc-prompt", "a blue person")
+    expect(note).to_be_visible()
+    expect(note).to_contain_text("changed since this image")
+    page.fill(".fc-card[data-index='0'] .fc-prompt", "a red person")  # back as it was: up to date
+    expect(note).to_be_hidden()
+    page.fill("#setting textarea", "in snow")
+    expect(note).to_be_visible()
+    page.click("#generate-button")
+    expect(page.locator("#prompts-used")).to_contain_text("in snow", timeout=60_000)
+    expect(note).to_be_hidden()
+    page.click("#pose-editor button[data-action=bigger]")  # a pose edit counts too
+    expect(note).to_be_visible()
+
+
+def decoded(page, selector: str) -> np.ndarray:
+    src = page.locator(selector).get_attribute("src")
+    data = base64.b64decode(src.split(",", 1)[1]) if src.startswith("data:") else page.request.get(src).body()
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+
+
+def watch_box(page, selector: str) -> None:
+    """Record, at every change inside the element, its text and the start of its image's src
+    (read back with `page.evaluate("window.fcSeen")`)."""
+    page.evaluate(
+        """(selector) => {
+            window.fcSeen = [];
+            const box = document.querySelector(selector);
+            new MutationObserver(() => {
+                const img = box.querySelector('img');
+                window.fcSeen.push([box.innerText, img ? img.src.slice(0, 20) : '']);
+            }).observe(box, {subtree: true, childList: true, attributes: true, characterData: true});
+        }""",
+        selector,
+    )
+
+
+def test_compare_shows_image_k_of_k_and_previews_then_a_captioned_grid(page):
+    add_person(page)
+    page.fill(".fc-card[data-index='0'] .fc-prompt", "a knight")
+    watch_box(page, "#comparison")
+    page.click("#compare-button")
+    expect(page.locator("#comparison img[src$='.png']")).to_be_visible(timeout=180_000)
+    seen = page.evaluate("window.fcSeen")
+    texts = " ".join(text for text, _ in seen)
+    for k in (1, 2, 3):
+        assert f"image {k} of 3" in texts, texts[:2000]
+    assert any(src.startswith("data:image/webp") for _, src in seen)  # live previews
+    grid = decoded(page, "#comparison img")
+    image = 128  # the tiny model's 128 px images, enlarged twice to 256
+    caption = grid[2 * image :, :]  # the band under the images
+    assert grid.shape[1] == 3 * 2 * image + 2 * 8 and (caption < 100).any(axis=2).sum() > 100
+
+
+def test_mask_preview_halves_are_captioned(page):
+    add_person(page)
+    page.click("#masks-button")
+    expect(page.locator("#mask-image img")).to_be_visible(timeout=30_000)
+    masks = decoded(page, "#mask-image img")
+    height = scene(page)["canvas_height"]
+    assert masks.shape[0] > height
+    band = masks[height:]
+    half = (masks.shape[1] - 8) // 2
+    for part in (band[:, :half], band[:, half + 8 :]):  # dark caption text under each half
+        assert (part.max(axis=2) < 100).sum() > 200
+
+
+def test_undo_restores_the_setting_and_negative_a_preset_replaced(toy_page):
+    page = toy_page
+    page.fill("#setting textarea", "on a beach")
+    page.fill("#negative textarea", "night")
+    page.get_by_text("three_people", exact=True).click()
+    expect(page.locator("#setting textarea")).to_have_value("in snow", timeout=30_000)
+    expect(page.locator("#negative textarea")).to_have_value("")
+    page.click("#pose-editor button[data-action=undo]")
+    expect(page.locator("#setting textarea")).to_have_value("on a beach")
+    expect(page.locator("#negative textarea")).to_have_value("night")
+    assert scene(page)["people"] == [] and scene(page)["setting"] == "on a beach"
+    page.click("#pose-editor button[data-action=redo]")
+    expect(page.locator("#setting textarea")).to_have_value("in snow")
+
+
+def test_words_the_toy_model_does_not_know_are_listed_before_generating(toy_page, toy):
+    from finecontrol.model_info import unknown_words
+
+    page = toy_page
+    vocabulary = toy.info.vocabulary
+    add_person(page)
+    prompt = page.locator(".fc-card[data-index='0'] .fc-prompt")
+    # the placeholders suggest words the model knows
+    for placeholder in (prompt.get_attribute("placeholder"), page.get_attribute("#setting textarea", "placeholder")):
+        example = placeholder.split("e.g. ", 1)[1]
+        assert example and not unknown_words(example, vocabulary), placeholder
+    note = page.locator(".fc-card[data-index='0'] .fc-words")
+    expect(note).to_contain_text("No prompt")  # an empty prompt is pointed out
+    text = "An astronaut in a White suit, red!"
+    prompt.fill(text)
+    expect(note).to_have_text(f"Not words this model knows (ignored): {', '.join(unknown_words(text, vocabulary))}")
+    prompt.fill("a red person")
+    expect(note).to_be_hidden()
+    page.fill("#setting textarea", "in a forest")
+    expect(page.locator(".fc-words[data-field=setting]")).to_contain_text("forest")
+    expect(page.locator(".fc-legend")).to_contain_text("Skeleton colours number the people")
+
+
+def test_an_empty_prompt_is_warned_of_when_generating(toy_page):
+    page = toy_page
+    add_person(page)
+    page.click("#generate-button")
+    expect(page.get_by_test_id("toast-body").filter(has_text="Person 1 has no prompt")).to_be_visible(timeout=30_000)
+
+
+def test_long_prompts_wrap_and_small_text_is_readable(page):
+    add_person(page)
+    page.fill(".fc-card[data-index='0'] .fc-prompt", "x" * 20_000)
+    page.fill("#setting textarea", "y" * 20_000)
+    assert page.evaluate("document.documentElement.scrollWidth") <= page.viewport_size["width"]
+    for selector in (".fc-card[data-index='0'] .fc-prompt", "#setting textarea"):
+        width = page.eval_on_selector(selector, "e => [e.scrollWidth, e.clientWidth]")
+        assert width[0] <= width[1], (selector, width)
+    contrast = page.evaluate(
+        """() => {
+            const rgb = (c) => c.match(/[0-9.]+/g).slice(0, 3).map(Number);
+            const lum = (c) => {
+                const linear = (v) => (v / 255 <= 0.03928 ? v / 255 / 12.92 : ((v / 255 + 0.055) / 1.055) ** 2.4);
+                const [r, g, b] = rgb(c).map(linear);
+                return 0.2126 * r + 0.7152 * g + 0.0722 * b;
+            };
+            const background = (e) => {
+                for (; e; e = e.parentElement) {
+                    const c = getComputedStyle(e).backgroundColor;
+                    if (c && !c.startsWith('rgba(0, 0, 0, 0)') && c !== 'transparent') return c;
+                }
+                return 'rgb(255, 255, 255)';
+            };
+            const texts = '.fc-status, .fc-help-mouse, .fc-legend, .fc-words:not(:empty)';
+            return [...document.querySelectorAll(texts)].map((e) => {
+                const [a, b] = [lum(getComputedStyle(e).color), lum(background(e))].sort((x, y) => y - x);
+                return [e.className, (a + 0.05) / (b + 0.05)];
+            });
+        }"""
+    )
+    assert len(contrast) >= 3 and all(ratio >= 4.5 for _, ratio in contrast), contrast
+
+
+def test_the_template_and_size_pickers_look_like_dropdowns(page):
+    for selector in ("#pose-editor .fc-template", "#pose-editor .fc-size"):
+        style = page.eval_on_selector(selector, "e => getComputedStyle(e).backgroundImage")
+        assert "svg" in style, (selector, style)  # the chevron
+
+
+def test_generate_shows_step_n_of_n_while_it_runs(page):
+    add_person(page)
+    page.fill(".fc-card[data-index='0'] .fc-prompt", "a knight")
+    watch_box(page, "#result")
+    page.click("#generate-button")
+    expect(page.locator("#prompts-used")).to_contain_text("a knight", timeout=120_000)
+    texts = " ".join(text for text, _ in page.evaluate("window.fcSeen"))
+    assert "step 4/20" in texts or "step 8/20" in texts, texts[:2000]

@@ -274,14 +274,17 @@ def test_a_freshly_trained_model_runs_in_the_engine_and_the_app(micro_trained, t
 
     scene = load_scene("assets/scenes/toy/three_people.json")
     result = pipe(scene, replace(defaults, steps=3))
-    assert result.image.size == (64, 64) and result.prompts.people[0] == "a orange person in snow"
+    assert result.image.size == (64, 64) and result.prompts.people[0] == "a red person in snow"
     engine = Engine(name="toy", pipe=pipe)
     assert engine.knows_words and "cyan" in engine.describe() and "random weights" not in engine.describe()
     # the app opens with the model's own defaults, negative prompt and the toy presets
-    shown = {c["props"].get("label"): c["props"] for c in build_demo(engine).config["components"] if "props" in c}
+    components = [c["props"] for c in build_demo(engine).config["components"] if "props" in c]
+    shown = {props.get("label"): props for props in components}
     assert shown["Guidance scale"]["value"] == defaults.guidance_scale
     assert shown["Quality suffix"]["value"] == defaults.quality_suffix
-    assert shown["Negative prompt, for everyone"]["value"] == declared["negative_prompt"]
+    (canvas,) = [props for props in components if props.get("elem_id") == "pose-editor"]
+    assert canvas["value"]["negative_prompt"] == declared["negative_prompt"]  # the canvas holds it
+    assert canvas["props"]["vocabulary"] == declared["vocabulary"]  # the page checks prompts against it
     presets = sorted(p.stem for p in Path("assets/scenes/toy").glob("*.json"))
     assert shown["Preset scenes"]["samples"] == [[name] for name in presets]
 

@@ -68,14 +68,30 @@ def test_settings_from_the_panel_are_validated_and_converted():
     knobs[handlers.KNOB_FIELDS.index("steps")] = 0
     with pytest.raises(gr.Error, match="Invalid setting: steps must be"):
         handlers.parse_settings(*knobs)
-    with pytest.raises(gr.Error, match="expected 11 settings"):
+    with pytest.raises(gr.Error, match="expected 12 settings"):
         handlers.parse_settings(1, 2)
+
+
+def caption_band(width: int) -> int:
+    """Height of the white caption band under images `width` px wide (>= 256): a font 1/16 of the
+    width, 16 px at least, and a band 1.8 times the font (where the captions fit at that size)."""
+    return int(max(16, width // 16) * 1.8)
+
+
+def assert_captioned_halves(image: np.ndarray, width: int, height: int) -> None:
+    """Two `width` x `height` panels 8 white px apart, each with a caption (dark pixels) in the
+    white band under it."""
+    assert image.shape == (height + caption_band(width), 2 * width + 8, 3)
+    assert (image[:, width : width + 8] == 255).all()  # the gap
+    band = image[height:]
+    for caption in (band[:, :width], band[:, width + 8 :]):
+        assert (caption.max(axis=2) < 128).sum() > 100 and (caption == 255).all(axis=2).mean() > 0.8
 
 
 def test_masks_preview_needs_no_model_and_shows_both_phases():
     image = handlers.masks_preview(canvas(), "", "", *KNOBS)
-    assert image.shape == (TWO.height, 2 * TWO.width + 8, 3)
-    early, late = image[:, : TWO.width], image[:, TWO.width + 8 :]
+    assert_captioned_halves(image, TWO.width, TWO.height)
+    early, late = image[: TWO.height, : TWO.width], image[: TWO.height, TWO.width + 8 :]
     for panel in (early, late):
         assert_each_person_colours_their_own_region(panel, TWO)
 
@@ -85,7 +101,8 @@ def test_empty_canvas_is_refused_everywhere(engine):
     for call in (
         lambda: handlers.masks_preview(empty, "", "", *KNOBS),
         lambda: run_generate(engine, value=empty),
-        lambda: handlers.compare(engine, empty, "", "", 0, *KNOBS),
+        lambda: list(handlers.compare(engine, empty, "", "", 0, *KNOBS)),
+        lambda: handlers.check_scene(engine, empty, *KNOBS),
     ):
         with pytest.raises(gr.Error, match="canvas is empty"):
             call()
@@ -122,26 +139,39 @@ def test_generation_errors_become_messages(tiny):
 
 def test_compare_renders_every_method_with_the_same_seeds(engine):
     knobs = handlers.knob_values(Settings(steps=2, seed=5))
-    path = handlers.compare(engine, canvas(), "", "", 1, *knobs)
-    grid = Image.open(path)
-    assert grid.size == (64 + 3 * 128, 24 + 2 * 88)
+    *_, path = handlers.compare(engine, canvas(), "", "", 1, *knobs)
+    grid = np.asarray(Image.open(path).convert("RGB"))
+    # 3 methods x 2 seeds of the tiny model's 128x88, enlarged twice to 256x176, 8 px apart,
+    # each row's captions in a band under it
+    row = 176 + caption_band(256)
+    assert grid.shape == (2 * row, 3 * 256 + 2 * 8, 3)
+    cells = [[grid[r * row : r * row + 176, c * 264 : c * 264 + 256] for c in range(3)] for r in range(2)]
+    assert not np.array_equal(cells[0][0], cells[0][1]) and not np.array_equal(cells[0][0], cells[1][0])
+    assert (grid[:, 256:264] == 255).all() and (grid[:, 520:528] == 255).all()
+    refused = handlers.compare(engine, canvas(), "", "", 9, *knobs)  # refused once iterated
     with pytest.raises(gr.Error, match="Extra seeds"):
-        handlers.compare(engine, canvas(), "", "", 9, *knobs)
+        next(refused)
 
 
 def test_export_then_import_round_trips_the_scene():
-    path = handlers.export_scene(canvas(), "at night", "blurry")
+    path = handlers.export_scene({**canvas(), "setting": "at night", "negative_prompt": "blurry"})
     doc = json.loads(open(path).read())
     assert len(doc["people"]) == 2 and len(doc["people"][0]["pose_keypoints_2d"]) == 54
-    value, setting, negative, *knobs = handlers.import_file(path)
-    assert value["people"] == canvas()["people"] and (setting, negative) == ("at night", "blurry")
+    value, *knobs = handlers.import_file(path)
+    assert value["people"] == canvas()["people"]
+    assert (value["setting"], value["negative_prompt"]) == ("at night", "blurry")
+    assert len(knobs) == len(handlers.KNOB_FIELDS) and all(isinstance(k, type(gr.skip())) for k in knobs)
+    # an API client's setting and negative prompt replace the value's own
+    value, *_ = handlers.import_file(handlers.export_scene(canvas(), "on the moon", ""))
+    assert (value["setting"], value["negative_prompt"]) == ("on the moon", "")
 
 
 def test_importing_a_png_restores_scene_and_settings(tmp_path):
     settings = Settings(method="multicontrolnet", steps=7, seed=42, guidance_scale=6.0)
     save_png(Image.new("RGB", (8, 8)), tmp_path / "made.png", TWO, settings)
-    value, setting, negative, *knobs = handlers.import_file(str(tmp_path / "made.png"))
-    assert value == TWO.to_dict() and setting == TWO.setting
+    value, *knobs = handlers.import_file(str(tmp_path / "made.png"))
+    assert value == TWO.to_dict() and value["setting"] == TWO.setting
+    assert value["negative_prompt"] == TWO.negative_prompt
     assert handlers.parse_settings(*knobs) == settings
 
 
@@ -150,7 +180,7 @@ def test_importing_a_png_warns_about_settings_the_panel_does_not_offer(tmp_path,
     monkeypatch.setattr(handlers.gr, "Warning", warnings.append)
     made = Settings(width=256, height=128, eta=0.5, mask_dilation=1, guidance_scale=25.0)
     save_png(Image.new("RGB", (8, 8)), tmp_path / "cli.png", TWO, made)
-    value, setting, negative, *knobs = handlers.import_file(str(tmp_path / "cli.png"))
+    value, *knobs = handlers.import_file(str(tmp_path / "cli.png"))
     assert warnings == [
         "cli.png was made with width 256, height 128, eta 0.5, which this app does not offer: generating here "
         "uses the defaults instead. `python -m finecontrol generate cli.png` reproduces it."
@@ -170,9 +200,9 @@ def test_importing_plain_openpose_json_leaves_the_settings_alone(tmp_path):
             }
         )
     )
-    value, setting, negative, *knobs = handlers.import_file(str(path))
+    value, *knobs = handlers.import_file(str(path))
     assert len(value["people"]) == 1 and value["people"][0]["prompt"] == ""
-    assert all(isinstance(k, type(gr.skip())) for k in knobs)
+    assert len(knobs) == len(handlers.KNOB_FIELDS) and all(isinstance(k, type(gr.skip())) for k in knobs)
 
 
 @pytest.mark.parametrize("content, message", [(b"{oops", "not valid JSON"), (b"\x89PNG\r\n\x1a\n", "a truncated PNG")])
@@ -185,15 +215,17 @@ def test_bad_imports_are_refused_with_a_reason(tmp_path, content, message):
 
 def test_presets_load_and_unknown_ones_are_refused():
     assert {"one_person", "two_people", "three_people", "five_people"} <= set(handlers.preset_names())
-    value, setting, negative = handlers.load_preset("three_people")
-    assert len(value["people"]) == 3 and setting == "on a city street"
+    value = handlers.load_preset("three_people")
+    assert len(value["people"]) == 3 and value["setting"] == "on a city street"
+    assert value == load_scene("assets/scenes/three_people.json").to_dict()
     with pytest.raises(gr.Error, match="Unknown preset"):
         handlers.load_preset("../secrets")
 
 
 def test_detected_bodies_are_fitted_into_the_canvas_keeping_aspect():
     body = [(0.5, 0.0), (0.5, 1.0)] + [None] * 16
-    (pose,) = handlers.poses_from_detection([body], image_size=(200, 100), canvas_size=(512, 512))
+    (person,) = handlers.people_from_detection([body], image_size=(200, 100), canvas_size=(512, 512))
+    pose = person.keypoints
     # a 200x100 photo fitted into 512x512: scale 2.56, 128 px bars above and below
     np.testing.assert_allclose(pose[0], (256, 128, 1))
     np.testing.assert_allclose(pose[1], (256, 384, 1))
@@ -327,7 +359,7 @@ def test_masks_preview_is_instant_while_a_generation_runs(tiny):
     still_running = generation.is_alive()
     release.set()
     generation.join(10)
-    assert still_running and image.shape == (TWO.height, 2 * TWO.width + 8, 3)
+    assert still_running and image.shape == (TWO.height + caption_band(TWO.width), 2 * TWO.width + 8, 3)
 
 
 def test_every_torch_computation_runs_on_the_torch_thread(tiny, monkeypatch):
@@ -395,3 +427,130 @@ def test_app_model_default_is_sd15_with_cuda_else_the_toy_model_else_tiny(monkey
     assert app.parse_args([]).model == "toy"  # the shipped weights are in assets/
     monkeypatch.setattr(models, "TOY_MODEL", tmp_path / "no-toy-here")
     assert app.parse_args([]).model == "tiny"
+
+
+# ---- what the page runs before Generate, Compare and Show masks ------------------------------
+
+
+def test_check_scene_refuses_an_empty_canvas_and_a_person_outside_it(engine):
+    with pytest.raises(gr.Error, match="The canvas is empty"):
+        handlers.check_scene(engine, {"canvas_width": 512, "canvas_height": 512, "people": []}, *KNOBS)
+    away = canvas()
+    pose = np.asarray(away["people"][1]["pose_keypoints_2d"]).reshape(18, 3)
+    pose[pose[:, 2] > 0, 0] += 400  # x 840..1000 on a 768 px canvas: nothing of person 2 shows
+    away["people"][1]["pose_keypoints_2d"] = pose.reshape(-1).tolist()
+    with pytest.raises(gr.Error, match="Person 2 is outside the canvas: nothing of them shows"):
+        handlers.check_scene(engine, away, *KNOBS)
+
+
+def test_check_scene_refuses_bad_settings_by_name(engine):
+    knobs = list(KNOBS)
+    knobs[handlers.KNOB_FIELDS.index("steps")] = 0
+    with pytest.raises(gr.Error, match="Invalid setting: steps must be"):
+        handlers.check_scene(engine, canvas(), *knobs)
+    with pytest.raises(gr.Error, match="'setting' must be text, got list"):
+        handlers.check_scene(engine, {**canvas(), "setting": ["in a forest"]}, *KNOBS)
+
+
+def test_check_scene_warns_of_empty_prompts_and_passes_a_good_scene_silently(engine, monkeypatch):
+    warnings = []
+    monkeypatch.setattr(handlers.gr, "Warning", warnings.append)
+    assert handlers.check_scene(engine, canvas(), *KNOBS) is None and warnings == []
+    one = canvas()
+    one["people"][1]["prompt"] = "  "
+    handlers.check_scene(engine, one, *KNOBS)
+    both = canvas()
+    for person in both["people"]:
+        person["prompt"] = ""
+    handlers.check_scene(engine, both, *KNOBS)
+    assert warnings == [
+        "Person 2 has no prompt: the setting alone describes them.",
+        "People 1, 2 have no prompt: the setting alone describes them.",
+    ]
+
+
+def test_parse_scene_takes_the_values_own_setting_and_negative_unless_given():
+    value = {**canvas(), "setting": "at night", "negative_prompt": "blurry"}
+    for scene in (handlers.parse_scene(value), handlers.parse_scene(value, None, None)):
+        assert (scene.setting, scene.negative_prompt) == ("at night", "blurry") and scene.people == TWO.people
+    scene = handlers.parse_scene(value, "on the moon", "")
+    assert (scene.setting, scene.negative_prompt) == ("on the moon", "")  # an empty one replaces it too
+    assert value["setting"] == "at night"  # the value itself is left as it was
+
+
+def test_a_preset_without_a_negative_prompt_leaves_the_canvas_its_own(tmp_path):
+    doc = json.loads(open("assets/scenes/two_people.json").read())
+    doc.pop("negative_prompt")
+    (tmp_path / "no_negative.json").write_text(json.dumps(doc))
+    value = handlers.load_preset("no_negative", tmp_path)
+    assert "negative_prompt" not in value and value["setting"] == "in a forest"
+    assert value["people"] == canvas()["people"]
+    assert handlers.load_preset("two_people")["negative_prompt"] == TWO.negative_prompt
+
+
+def test_compare_yields_previews_then_the_grid_and_counts_its_images(engine, monkeypatch):
+    monkeypatch.setattr(handlers, "PREVIEW_MIN_SECONDS", 0)
+    labels = []
+    updates = handlers.compare(
+        engine,
+        canvas(),
+        "",
+        "",
+        1,
+        *handlers.knob_values(Settings(steps=5, seed=7)),
+        progress=lambda fraction, desc: labels.append(desc),
+    )
+    first = next(updates)  # live: the preview of the first image, while it is being made
+    assert isinstance(first, Image.Image) and labels and all(text.startswith("image 1 of 6 ") for text in labels)
+    *previews, path = [first, *updates]
+    # one preview (step 4 of 5) of each of the 6 images (3 methods x 2 seeds), then the grid PNG
+    assert len(previews) == 6 and all(isinstance(p, Image.Image) for p in previews)
+    assert isinstance(path, str) and Image.open(path).size == (3 * 256 + 2 * 8, 2 * (176 + caption_band(256)))
+    assert labels == [
+        f"image {3 * row + column + 1} of 6 ({method}, seed {seed}): step {n}/5"
+        for row, seed in enumerate((7, 8))
+        for column, method in enumerate(("finecontrol", "controlnet", "multicontrolnet"))
+        for n in range(1, 6)
+    ]
+
+
+# ---- words the toy model knows ------------------------------------------------------------------
+
+
+def test_unknown_words_are_lower_cased_listed_once_in_order():
+    from finecontrol.model_info import unknown_words
+
+    vocabulary = ("a", "red", "person", "and")
+    assert unknown_words("A Zebra, a RED robot and a zebra", vocabulary) == ["zebra", "robot"]
+    assert unknown_words("Robot robot ROBOT", vocabulary) == ["robot"]
+    assert unknown_words("red,person;a-red_person.", vocabulary) == []  # punctuation separates words
+    assert unknown_words("a red person", vocabulary) == []
+    assert unknown_words("anything at all, Zebra", ()) == [] and unknown_words("x", []) == []
+
+
+def test_the_toy_placeholders_use_only_words_the_toy_model_knows():
+    import re
+    from types import SimpleNamespace
+
+    from finecontrol.model_info import MODEL_INFO, ModelInfo
+    from finecontrol.models import TOY_MODEL
+    from finecontrol.ui.engine import TOY_EXAMPLES
+
+    vocabulary = set(json.loads((TOY_MODEL / MODEL_INFO).read_text())["vocabulary"])
+    assert len(TOY_EXAMPLES) == 2 and all(TOY_EXAMPLES)
+    for text in TOY_EXAMPLES:
+        words = re.findall(r"[a-z0-9]+", text.lower())
+        assert words and set(words) <= vocabulary, f"{text!r}: {set(words) - vocabulary} unknown to the toy model"
+    toy_like = Engine(name="toy", pipe=SimpleNamespace(info=ModelInfo.read(TOY_MODEL)))
+    assert toy_like.examples == TOY_EXAMPLES
+
+
+@pytest.mark.parametrize("extra", [True, 1.5, 4, -1, "1", None, float("nan")])
+def test_check_extra_seeds_refuses_all_but_a_whole_number_from_0_to_3(extra):
+    with pytest.raises(gr.Error, match="Extra seeds must be a whole number from 0 to 3"):
+        handlers.check_extra_seeds(extra)
+
+
+def test_check_extra_seeds_takes_0_to_3_as_the_slider_sends_them():
+    for extra in (0, 1, 2, 3, 2.0):
+        assert handlers.check_extra_seeds(extra) is None

@@ -14,11 +14,17 @@ const SIZES = props.sizes;
 const MAX_PEOPLE = props.max_people;
 const MAX_CONTROL_STRENGTH = props.max_control_strength;
 const ROTATE_STEP = props.rotate_step;  // degrees per click of Rotate left / Rotate right
+// A person's hands and face (OpenPose fields, flat x, y, c triples): they move with the body.
+const [LEFT_HAND, RIGHT_HAND, FACE] = props.part_fields;  // in this order
+const HAND_EDGES = props.hand_edges;
+const FACE_LEFT_RIGHT_PAIRS = props.face_left_right_pairs;
 const SCALE_STEP = 1.1;  // per click of Bigger / Smaller
 const WHEEL_SCALE_STEP = 1.05;
 const WHEEL_ROTATE_STEP = 5;  // degrees
 const NUDGE = 2;  // canvas pixels per arrow key press (Shift: NUDGE_LARGE)
 const NUDGE_LARGE = 20;
+const VOCABULARY = new Set(props.vocabulary);  // the only words the model knows; empty: any text
+const WORD = new RegExp(props.word_pattern, 'gu');  // finecontrol.model_info.unknown_words's rule
 
 const canvas = element.querySelector('.fc-canvas');
 const ctx = canvas.getContext('2d');
@@ -26,9 +32,11 @@ const cards = element.querySelector('.fc-people');
 const status = element.querySelector('.fc-status');
 const sizeSelect = element.querySelector('.fc-size');
 const templateSelect = element.querySelector('.fc-template');
+const settingInput = element.querySelector('.fc-setting');
+const negativeInput = element.querySelector('.fc-global-negative');
 
 const clone = (v) => JSON.parse(JSON.stringify(v));
-let committed = normalise(props.value);
+let committed = normalise(props.value, {});
 let scene = clone(committed);
 let selected = scene.people.length ? 0 : -1;
 let drag = null;
@@ -37,23 +45,50 @@ let background = null;
 const undoStack = [];
 const redoStack = [];
 
-function normalise(value) {
+function normalise(value, current) {
+  // A value without a setting or negative prompt (a plain OpenPose file) keeps `current`'s.
   const v = (value && typeof value === 'object') ? clone(value) : {};
   v.canvas_width = v.canvas_width || DEFAULT_CANVAS;
   v.canvas_height = v.canvas_height || DEFAULT_CANVAS;
   v.people = Array.isArray(v.people) ? v.people : [];
+  for (const key of ['setting', 'negative_prompt']) {
+    if (typeof v[key] !== 'string') v[key] = typeof current[key] === 'string' ? current[key] : '';
+  }
   return v;
 }
 
-// ---- scene edits (pure on a copy of `scene`) -------------------------------------------------
-const points = (person) => {
-  const k = person.pose_keypoints_2d;
-  return Array.from({ length: NUM_KEYPOINTS }, (_, j) => [k[3 * j], k[3 * j + 1], k[3 * j + 2]]);
-};
-const setPoints = (person, pts) => { person.pose_keypoints_2d = pts.flat(); };
+function unknownWords(text) {
+  if (!VOCABULARY.size) return [];
+  return [...new Set((String(text).toLowerCase().match(WORD) || []).filter((w) => !VOCABULARY.has(w)))];
+}
 
-function centre(person) {
-  const all = points(person);
+function wordsNote(text, emptyNote) {
+  const unknown = unknownWords(text);
+  if (unknown.length) return `Not words this model knows (ignored): ${unknown.join(', ')}`;
+  return String(text).trim() ? '' : emptyNote;
+}
+
+// ---- scene edits (pure on a copy of `scene`) -------------------------------------------------
+// A person's points [x, y, c]: the body's NUM_KEYPOINTS, then those of each hand and face field the
+// person has (in props.part_fields order), so that every edit of the points carries them along.
+const partsOf = (person) => [LEFT_HAND, RIGHT_HAND, FACE].filter((f) => Array.isArray(person[f]));
+const points = (person) => {
+  const k = [...person.pose_keypoints_2d, ...partsOf(person).flatMap((f) => person[f])];
+  return Array.from({ length: Math.floor(k.length / 3) }, (_, j) => [k[3 * j], k[3 * j + 1], k[3 * j + 2]]);
+};
+const setPoints = (person, pts) => {
+  person.pose_keypoints_2d = pts.slice(0, NUM_KEYPOINTS).flat();
+  let at = NUM_KEYPOINTS;
+  for (const f of partsOf(person)) {
+    const n = Math.floor(person[f].length / 3);
+    person[f] = pts.slice(at, at + n).flat();
+    at += n;
+  }
+};
+const bodyPoints = (person) => points(person).slice(0, NUM_KEYPOINTS);
+
+function centre(person) {  // of the body, as Python's pose_center
+  const all = bodyPoints(person);
   const shown = all.some((p) => p[2] > 0) ? all.filter((p) => p[2] > 0) : all;
   const xs = shown.map((p) => p[0]);
   const ys = shown.map((p) => p[1]);
@@ -124,6 +159,7 @@ const actions = {
     const pts = points(p).map(([x, y, c]) => [2 * cx - x, y, c]);
     for (const [r, l] of LEFT_RIGHT_PAIRS) [pts[r], pts[l]] = [pts[l], pts[r]];
     setPoints(p, pts);
+    mirrorParts(p);
   }); },
   bigger() { editSelected((p) => transform(p, (x, y) => [x * SCALE_STEP, y * SCALE_STEP])); },
   smaller() { editSelected((p) => transform(p, (x, y) => [x / SCALE_STEP, y / SCALE_STEP])); },
@@ -133,6 +169,22 @@ const actions = {
   redo() { redo(); },
   clear_background() { background = null; draw(); },
 };
+
+function mirrorParts(person) {
+  // After the flip: the left hand becomes the right one and the face's left and right points swap
+  // (Python's mirror_parts); a person with one hand keeps one.
+  const [left, right] = [person[LEFT_HAND], person[RIGHT_HAND]];
+  delete person[LEFT_HAND];
+  delete person[RIGHT_HAND];
+  if (right !== undefined) person[LEFT_HAND] = right;
+  if (left !== undefined) person[RIGHT_HAND] = left;
+  const face = person[FACE];
+  if (Array.isArray(face) && face.length) {
+    const pts = Array.from({ length: face.length / 3 }, (_, j) => face.slice(3 * j, 3 * j + 3));
+    for (const [r, l] of FACE_LEFT_RIGHT_PAIRS) [pts[r], pts[l]] = [pts[l], pts[r]];
+    person[FACE] = pts.flat();
+  }
+}
 
 function rotateSelected(degrees, mergeKey) {
   const a = degrees * Math.PI / 180;
@@ -181,7 +233,7 @@ function redo() {
 }
 
 watch('value', () => {
-  const incoming = normalise(props.value);
+  const incoming = normalise(props.value, committed);
   if (JSON.stringify(incoming) === JSON.stringify(committed)) return;
   undoStack.push(JSON.stringify(committed));  // an import or preset can be undone too
   redoStack.length = 0;
@@ -211,7 +263,7 @@ function draw() {
 }
 
 function drawPerson(person, index) {
-  const pts = points(person);
+  const pts = bodyPoints(person);
   const color = COLORS[index % COLORS.length];
   const unit = canvas.width / DEFAULT_CANVAS;
   ctx.lineCap = 'round';
@@ -224,6 +276,7 @@ function drawPerson(person, index) {
     ctx.lineTo(pts[b][0], pts[b][1]);
     ctx.stroke();
   }
+  drawParts(person, color, unit);
   pts.forEach(([x, y, c]) => {
     ctx.beginPath();
     ctx.arc(x, y, 5 * unit, 0, 2 * Math.PI);
@@ -244,6 +297,33 @@ function drawPerson(person, index) {
   ctx.fillText(String(index + 1), head[0], head[1] - 30 * unit);
 }
 
+function drawParts(person, color, unit) {
+  // Hands (bones and points) and face (points), thin, in the person's colour; hidden points left out.
+  ctx.strokeStyle = color;
+  ctx.fillStyle = color;
+  ctx.lineWidth = 2 * unit;
+  for (const f of partsOf(person)) {
+    const k = person[f];
+    const at = (j) => [k[3 * j], k[3 * j + 1], k[3 * j + 2]];
+    if (f !== FACE) {
+      for (const [a, b] of HAND_EDGES) {
+        const [p, q] = [at(a), at(b)];
+        if (!(p[2] > 0 && q[2] > 0)) continue;
+        ctx.beginPath();
+        ctx.moveTo(p[0], p[1]);
+        ctx.lineTo(q[0], q[1]);
+        ctx.stroke();
+      }
+    }
+    for (let j = 0; j < k.length / 3; j++) {
+      if (!(k[3 * j + 2] > 0)) continue;
+      ctx.beginPath();
+      ctx.arc(k[3 * j], k[3 * j + 1], 1.5 * unit, 0, 2 * Math.PI);
+      ctx.fill();
+    }
+  }
+}
+
 // ---- prompt cards ----------------------------------------------------------------------------
 function buildCards() {
   cards.innerHTML = '';
@@ -256,7 +336,8 @@ function buildCards() {
     card.innerHTML = `
       <div class="fc-card-head"><span class="fc-badge">${i + 1}</span><span>Person ${i + 1}</span></div>
       <textarea class="fc-prompt" rows="2" aria-label="Person ${i + 1} prompt"
-        placeholder="Who is person ${i + 1}? e.g. an astronaut in a white suit"></textarea>
+        placeholder="Who is person ${i + 1}? e.g. ${props.example_prompt}"></textarea>
+      <div class="fc-words" role="note"></div>
       <details><summary>negative prompt, control strength</summary>
         <input class="fc-negative" type="text" aria-label="Person ${i + 1} negative prompt"
           placeholder="negative prompt (empty: the global one)">
@@ -282,6 +363,10 @@ function bindField(input, index, key, parse) {
   });
 }
 
+for (const [input, key] of [[settingInput, 'setting'], [negativeInput, 'negative_prompt']]) {
+  input.addEventListener('input', () => { scene[key] = input.value; commit(`scene-${key}`); });
+}
+
 function fillCards() {
   cards.querySelectorAll('.fc-card').forEach((card) => {
     const person = scene.people[Number(card.dataset.index)];
@@ -291,8 +376,13 @@ function fillCards() {
       const input = card.querySelector(selector);
       if (document.activeElement !== input && input.value !== String(value)) input.value = String(value);
     }
+    card.querySelector('.fc-words').textContent = wordsNote(person.prompt ?? '', 'No prompt: this person gets the setting only.');
     card.classList.toggle('fc-selected', Number(card.dataset.index) === selected);
   });
+  for (const [input, key] of [[settingInput, 'setting'], [negativeInput, 'negative_prompt']]) {
+    if (document.activeElement !== input && input.value !== scene[key]) input.value = scene[key];
+    element.querySelector(`.fc-words[data-field="${key}"]`).textContent = wordsNote(scene[key], '');
+  }
 }
 
 function refreshStatus() {
@@ -474,5 +564,6 @@ document.addEventListener('keydown', (event) => {
   }
 });
 
+settingInput.placeholder = `e.g. ${props.example_setting}`;
 templateSelect.innerHTML = Object.keys(TEMPLATES).map((t) => `<option value="${t}">${t.replace('_', ' ')}</option>`).join('');
 refresh();

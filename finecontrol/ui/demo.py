@@ -17,20 +17,22 @@ from finecontrol.models import DEFAULT_ANNOTATORS, load_pose_detector
 from finecontrol.scene import DEFAULT_NEGATIVE_PROMPT
 from finecontrol.settings import Settings, knobs, random_seed
 from finecontrol.ui import handlers
-from finecontrol.ui.editor import PoseEditor
-from finecontrol.ui.engine import Engine, call_cancellable, iterate_cancellable
+from finecontrol.ui.editor import PoseEditor, empty_scene
+from finecontrol.ui.engine import Engine, iterate_cancellable
 
 INTRO = """# FineControl Studio
-Compose several people, **each with their own pose and their own description**, in one scene
-(FineControlNet, arXiv 2312.09252). Add people on the canvas, drag their joints, write a prompt for
-each numbered person, describe the setting, then **Generate**. **Show masks** shows which region
-each person's prompt controls; **Compare** renders the same seed with plain ControlNet and
-MultiControlNet."""
+Several people, **each with their own pose and their own description**, in one scene (FineControlNet,
+arXiv 2312.09252): place skeletons on the canvas, write a prompt on each numbered card, then **Generate**.
+**Show masks** shows the region each prompt controls; **Compare** renders the same seed with plain
+ControlNet and MultiControlNet."""
 
 
 # Small model outputs (128 px for the tiny model) are shown scaled up to fill their boxes.
 CSS = """
 #result img, #control-map img, #mask-image img, #comparison img { width: 100%; height: 100%; object-fit: contain; }
+#intro p, #model-info p { margin: 2px 0; }
+#stale-note:has(.fc-stale[hidden]) { display: none; }
+.fc-stale { font-size: 13px; padding: 4px 8px; border-radius: 6px; background: #fef3c7; color: #78350f; }
 """
 
 
@@ -153,6 +155,29 @@ def knob_components(defaults: Settings, per_row: int = 3) -> dict[str, gr.compon
     return components
 
 
+# The last result is marked out of date once the scene or a setting differs from what it was made
+# with. The page keeps two keys, both the inputs' JSON: what the running Generate was asked for
+# (window.fcAskedInputs, set on click) and what the result on show was made with (window.fcResultInputs, set
+# once that generation finished). Runs in the browser only, no server round trip.
+STALE_NOTE = (
+    '<div class="fc-stale" role="status" hidden>The scene or settings changed since this image: '
+    "Generate to update it.</div>"
+)
+_MARK_STALE = """
+    const note = document.querySelector('#stale-note .fc-stale');
+    if (note) note.hidden = !(window.fcResultInputs && window.fcResultInputs !== JSON.stringify(inputs));
+"""
+# On Generate the page also brings the result into view where it is not (a phone's one column).
+ASKED_JS = """(...inputs) => {
+    window.fcAskedInputs = JSON.stringify(inputs);
+    const result = document.querySelector('#result');
+    const box = result && result.getBoundingClientRect();
+    if (box && (box.top < 0 || box.bottom > window.innerHeight)) result.scrollIntoView({block: 'start'});
+}"""
+SHOWN_JS = "(...inputs) => { window.fcResultInputs = window.fcAskedInputs;" + _MARK_STALE + "}"
+CHANGED_JS = "(...inputs) => {" + _MARK_STALE + "}"
+
+
 def build_demo(engine: Engine, annotators: str = DEFAULT_ANNOTATORS) -> gr.Blocks:
     """The app for `engine`; `annotators` is where pose-from-photo finds its detector weights.
     Launch it with `css=CSS`."""
@@ -169,30 +194,64 @@ def build_demo(engine: Engine, annotators: str = DEFAULT_ANNOTATORS) -> gr.Block
     with gr.Blocks(
         title="FineControl Studio", analytics_enabled=False, delete_cache=(CACHE_SWEEP_SECONDS, CACHE_MAX_SECONDS)
     ) as demo:
-        gr.Markdown(INTRO)
+        gr.Markdown(INTRO, elem_id="intro")
         gr.Markdown(engine.describe(), elem_id="model-info")
-        with gr.Row():
-            with gr.Column(scale=3):
-                editor = PoseEditor(elem_id="pose-editor")
-                setting = CheckedTextbox(
-                    label="Setting, shared by everyone", placeholder="in a forest", elem_id="setting"
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=3, min_width=360):
+                editor = PoseEditor(
+                    value=empty_scene(default_negative),
+                    vocabulary=engine.vocabulary,
+                    examples=engine.examples,
+                    elem_id="pose-editor",
                 )
-                negative = CheckedTextbox(
-                    label="Negative prompt, for everyone", value=default_negative, elem_id="negative"
+                preset = gr.Textbox(visible=False)
+                gr.Examples(
+                    [[name] for name in handlers.preset_names(presets)],
+                    inputs=[preset],
+                    label="Preset scenes",
+                    fn=lambda name: handlers.load_preset(name, presets),
+                    outputs=[editor],
+                    run_on_click=True,
+                    cache_examples=False,
                 )
+            with gr.Column(scale=2, min_width=320):
                 with gr.Row():
-                    masks_button = gr.Button("Show masks", elem_id="masks-button")
-                    generate_button = gr.Button("Generate", variant="primary", elem_id="generate-button")
-                    compare_button = gr.Button("Compare methods", elem_id="compare-button")
+                    generate_button = gr.Button(
+                        "Generate", variant="primary", elem_id="generate-button", scale=1, min_width=100
+                    )
+                    masks_button = gr.Button("Show masks", elem_id="masks-button", scale=1, min_width=90)
+                    compare_button = gr.Button("Compare methods", elem_id="compare-button", scale=1, min_width=90)
+                gr.HTML(STALE_NOTE, elem_id="stale-note", padding=False)
+                # live previews arrive inline (webp data URLs); the result is the PNG file
+                result = InlineImage(
+                    label="Result (the PNG carries its scene)",
+                    type="filepath",
+                    format="webp",
+                    height=400,
+                    elem_id="result",
+                )
+                prompts_used = gr.Markdown(elem_id="prompts-used")
+                # shown only: sent inline as PNG, no file to fetch
+                mask_image = InlineImage(
+                    label="Masks: who owns which region", format="png", height=300, elem_id="mask-image"
+                )
+                control_map = InlineImage(label="Control map", format="png", height=240, elem_id="control-map")
+                # live previews inline (webp), then the grid PNG file, which carries its scene
+                comparison = InlineImage(
+                    label="Comparison (same seed)", type="filepath", format="webp", elem_id="comparison"
+                )
+        with gr.Row():
+            with gr.Column():
                 with gr.Accordion("Advanced settings (the model's defaults)", open=False):
                     knob_inputs = knob_components(defaults)
                     with gr.Row():
                         random_button = gr.Button("Random seed", size="sm")
                         extra_seeds = CheckedSlider(0, 3, value=0, step=1, label="Compare: extra seeds")
+            with gr.Column():
                 with gr.Accordion("Import / export", open=False):
-                    with gr.Row():
-                        export_button = gr.Button("Export scene JSON", elem_id="export-button")
-                        export_file = gr.File(label="Scene file", elem_id="export-file", interactive=False)
+                    export_button = gr.Button("Export scene JSON", elem_id="export-button")
+                    # the file's own button, clicked by the page once the file is written: one click
+                    export_file = gr.DownloadButton(visible="hidden", elem_id="export-file")
                     import_file = gr.File(
                         label="Import: scene JSON, OpenPose JSON or a FineControl PNG",
                         file_types=[".json", ".png"],
@@ -203,62 +262,62 @@ def build_demo(engine: Engine, annotators: str = DEFAULT_ANNOTATORS) -> gr.Block
                             label="Pose from a photo", type="filepath", image_mode=None, sources=["upload"]
                         )
                         photo_button = gr.Button("Add the people in this photo")
-                preset = gr.Textbox(visible=False)
-                gr.Examples(
-                    [[name] for name in handlers.preset_names(presets)],
-                    inputs=[preset],
-                    label="Preset scenes",
-                    fn=lambda name: handlers.load_preset(name, presets),
-                    outputs=[editor, setting, negative],
-                    run_on_click=True,
-                    cache_examples=False,
-                )
-            with gr.Column(scale=2):
-                # live previews arrive inline (webp data URLs); the result is the PNG file
-                result = InlineImage(
-                    label="Result (the PNG carries its scene)",
-                    type="filepath",
-                    format="webp",
-                    height=420,
-                    elem_id="result",
-                )
-                with gr.Row():  # shown only: sent inline as PNG, no file to fetch
-                    control_map = InlineImage(label="Control map", format="png", height=200, elem_id="control-map")
-                    mask_image = InlineImage(
-                        label="Masks: who owns which region", format="png", height=200, elem_id="mask-image"
-                    )
-                prompts_used = gr.Markdown(elem_id="prompts-used")
-                comparison = gr.Image(label="Comparison", type="filepath", format="png", elem_id="comparison")
 
         knobs = [knob_inputs[name] for name in handlers.KNOB_FIELDS]
-        scene_inputs = [editor, setting, negative]
 
+        # The page holds the setting and negative prompt in the canvas's value (None: the value's own).
         # async, so that Gradio's cancel reaches them while a generation runs (engine.py, "Cancelling")
-        async def run_generate(value, setting_text, negative_text, *knob_values, progress=gr.Progress()):
+        async def run_generate(value, *knob_values, progress=gr.Progress()):
             async for update in iterate_cancellable(
                 lambda cancel: handlers.generate(
-                    engine, value, setting_text, negative_text, *knob_values, progress=progress, cancel=cancel
+                    engine, value, None, None, *knob_values, progress=progress, cancel=cancel
                 )
             ):
                 yield update
 
-        async def run_compare(value, setting_text, negative_text, extra, *knob_values, progress=gr.Progress()):
-            return await call_cancellable(
+        async def run_compare(value, extra, *knob_values, progress=gr.Progress()):
+            async for update in iterate_cancellable(
                 lambda cancel: handlers.compare(
-                    engine, value, setting_text, negative_text, extra, *knob_values, progress=progress, cancel=cancel
+                    engine, value, None, None, extra, *knob_values, progress=progress, cancel=cancel
                 )
-            )
+            ):
+                yield update
 
-        def run_photo(image, value, setting_text, negative_text):
-            return handlers.pose_from_photo(lambda img: detector()(img), image, value, setting_text, negative_text)
+        def run_masks(value, *knob_values):
+            return handlers.masks_preview(value, None, None, *knob_values)
 
-        masks_button.click(handlers.masks_preview, scene_inputs + knobs, mask_image, api_name="masks")
-        generate_button.click(
-            run_generate, scene_inputs + knobs, [result, control_map, mask_image, prompts_used], api_name="generate"
+        def run_photo(image, value):
+            return handlers.pose_from_photo(lambda img: detector()(img), image, value, None, None)
+
+        def export(value):
+            return handlers.export_scene(value)
+
+        def check(value, *knob_values):
+            handlers.check_scene(engine, value, *knob_values)
+
+        def check_compare(value, extra, *knob_values):
+            handlers.check_scene(engine, value, *knob_values)
+            handlers.check_extra_seeds(extra)
+
+        # Each button checks the scene first in an event of its own, with no outputs: a mistake shows as
+        # a message and never marks the output panels with errors or hides the last good result.
+        for button, api_name in ((masks_button, "masks"), (generate_button, "generate")):
+            checked = button.click(check, [editor] + knobs, None, api_name=False, show_progress="hidden")
+            if button is masks_button:
+                checked.success(run_masks, [editor] + knobs, mask_image, api_name=api_name)
+            else:
+                button.click(None, [editor] + knobs, None, js=ASKED_JS)
+                checked.success(
+                    run_generate, [editor] + knobs, [result, control_map, mask_image, prompts_used], api_name=api_name
+                ).success(None, [editor] + knobs, None, js=SHOWN_JS)
+        compare_button.click(
+            check_compare, [editor, extra_seeds] + knobs, None, api_name=False, show_progress="hidden"
+        ).success(run_compare, [editor, extra_seeds] + knobs, comparison, api_name="compare")
+        gr.on([editor.change] + [component.change for component in knobs], None, [editor] + knobs, None, js=CHANGED_JS)
+        export_button.click(export, editor, export_file, api_name="export_scene").success(
+            None, None, None, js="() => document.querySelector('#export-file')?.click()"
         )
-        compare_button.click(run_compare, scene_inputs + [extra_seeds] + knobs, comparison, api_name="compare")
-        export_button.click(handlers.export_scene, scene_inputs, export_file, api_name="export_scene")
-        import_file.upload(handlers.import_file, import_file, scene_inputs + knobs, api_name="import_scene")
-        photo_button.click(run_photo, [photo] + scene_inputs, editor, api_name="pose_from_photo")
+        import_file.upload(handlers.import_file, import_file, [editor] + knobs, api_name="import_scene")
+        photo_button.click(run_photo, [photo, editor], editor, api_name="pose_from_photo")
         random_button.click(random_seed, None, knob_inputs["seed"], api_name=False)
     return demo

@@ -31,17 +31,21 @@ from typing import Any, TypeVar
 
 from PIL import Image
 
+from finecontrol.model_info import unknown_words
 from finecontrol.models import RANDOM_WEIGHT_MODELS
 from finecontrol.pipeline import FineControlPipeline, Generation, StepCallback
 from finecontrol.previews import previewer_for
 from finecontrol.scene import Scene
 from finecontrol.settings import Settings
+from finecontrol.ui.editor import DEFAULT_EXAMPLES
 from finecontrol.ui.text import code_span, without_server_paths
 
 _TORCH_THREAD_NAME = "finecontrol-torch"
 TORCH_THREAD = ThreadPoolExecutor(max_workers=1, thread_name_prefix=_TORCH_THREAD_NAME)
 _BETWEEN_STEPS: queue.SimpleQueue = queue.SimpleQueue()  # (call, future) for run_between_steps
 T = TypeVar("T")
+# Placeholders for a model that knows only a few words (the toy model's): a prompt and a setting.
+TOY_EXAMPLES = ("a red person", "on grass")
 log = logging.getLogger(__name__)
 
 
@@ -158,6 +162,19 @@ class Engine:
     def knows_words(self) -> bool:
         """True for a model that declares the only words it understands (the toy model)."""
         return bool(self.pipe and self.pipe.info.vocabulary)
+
+    @property
+    def vocabulary(self) -> tuple[str, ...]:
+        """The only words the model understands; empty: any text."""
+        return self.pipe.info.vocabulary if self.pipe else ()
+
+    @property
+    def examples(self) -> tuple[str, str]:
+        """A person's prompt and a setting for the page's placeholders, in words the model knows."""
+        if not self.knows_words:
+            return DEFAULT_EXAMPLES
+        known = all(not unknown_words(text, self.vocabulary) for text in TOY_EXAMPLES)
+        return TOY_EXAMPLES if known else ("", "")
 
     def describe(self) -> str:
         """One line of Markdown for the UI: which model is active and what to expect of it."""

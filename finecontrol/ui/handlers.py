@@ -27,16 +27,14 @@ from PIL import Image, ImageOps
 from finecontrol.metadata import read_png, save_png
 from finecontrol.paths import ASSETS
 from finecontrol.pipeline import Generation
-from finecontrol.pose import visible_limbs
-from finecontrol.render import labelled_grid, mask_overlay, mask_previews, upsample_masks
+from finecontrol.pose import FACE, LEFT_HAND, PART_KEYPOINTS, RIGHT_HAND, drawn_parts, visible_limbs
+from finecontrol.render import captioned, labelled_grid, mask_overlay, mask_previews, people_off_canvas, upsample_masks
 from finecontrol.scene import (
-    DEFAULT_NEGATIVE_PROMPT,
     MAX_PEOPLE,
     Person,
     Scene,
     SceneError,
     brief,
-    load_scene,
     parse_json,
     read_document,
     scene_frame,
@@ -49,6 +47,7 @@ from finecontrol.ui.text import code_span, shorten, shown
 
 PRESETS = ASSETS / "scenes"
 PREVIEW_EVERY = 4  # steps between live previews
+MASK_CAPTIONS = ("early steps: who owns each pixel", "last steps: soft blend")
 # ... and seconds at least: on 2 cores each preview (sent, received, shown) took about 20 ms from
 # the steps of a toy-model generation (20 steps in about 0.75 s): 2 previews there, not 4.
 PREVIEW_MIN_SECONDS = 0.2
@@ -84,8 +83,9 @@ def _output_path(name: str, suffix: str) -> Path:
     return _OUTPUT_DIR / f"{name}-{uuid.uuid4().hex[:8]}{suffix}"
 
 
-def parse_scene(value: Any, setting: str | None, negative: str | None) -> Scene:
-    """The canvas value plus the setting and negative prompt boxes, validated into a Scene."""
+def parse_scene(value: Any, setting: str | None = None, negative: str | None = None) -> Scene:
+    """The canvas value, validated into a Scene. The page's canvas holds the setting and the
+    negative prompt too; `setting` and `negative` (API clients) replace the value's own unless None."""
     if isinstance(value, str):
         try:
             value = parse_json(value)
@@ -98,11 +98,11 @@ def parse_scene(value: Any, setting: str | None, negative: str | None) -> Scene:
     for name, text in (("setting", setting), ("negative prompt", negative)):
         if text is not None and not isinstance(text, str):
             raise gr.Error(f"The {name} must be text, not a {type(text).__name__}.")
-    doc = {
-        **value,
-        "setting": setting or "",
-        "negative_prompt": DEFAULT_NEGATIVE_PROMPT if negative is None else negative,
-    }
+    doc = dict(value)
+    if setting is not None:
+        doc["setting"] = setting
+    if negative is not None:
+        doc["negative_prompt"] = negative
     try:
         return scene_from_dict(doc)
     except SceneError as err:
@@ -161,7 +161,28 @@ def error_message(err: BaseException) -> str:
     return shown(f"Generation failed: {type(err).__name__}: {err}")
 
 
-def masks_preview(value: Any, setting: str, negative: str, *knobs: Any) -> np.ndarray:
+def check_scene(engine: Engine, value: Any, *knobs: Any) -> None:
+    """What the page runs before Generate, Compare and Show masks: the scene and settings are
+    checked (a gr.Error names what is wrong) and empty prompts are warned of, so that a mistake
+    reaches the user as a message and never as an error on the output panels."""
+    scene = parse_scene(value)
+    require_people(scene)
+    parse_settings(*knobs)
+    if engine.pipe is not None:
+        canvas = (scene.width, scene.height)
+        if off := people_off_canvas([p.keypoints for p in scene.people], canvas, max(engine.pipe.skeleton_style)):
+            listed = ", ".join(str(i + 1) for i in off)
+            raise gr.Error(
+                f"Person {listed} {'is' if len(off) == 1 else 'are'} outside the canvas: nothing of them "
+                "shows, so nothing can be generated for them; drag them back in or delete them."
+            )
+    empty = [str(i + 1) for i, person in enumerate(scene.people) if not person.prompt.strip()]
+    if empty:
+        who = f"Person {empty[0]} has" if len(empty) == 1 else f"People {', '.join(empty)} have"
+        gr.Warning(f"{who} no prompt: the setting alone describes them.")
+
+
+def masks_preview(value: Any, setting: str | None, negative: str | None, *knobs: Any) -> np.ndarray:
     """Each person's region over the skeletons at canvas size, early (hard) steps; no model run."""
     scene = parse_scene(value, setting, negative)
     require_people(scene)
@@ -173,9 +194,10 @@ def masks_preview(value: Any, setting: str, negative: str, *knobs: Any) -> np.nd
         settings.mask_dilation,
         settings.mask_blur,
         settings.temperature,
+        [drawn_parts(p.parts, settings.pose_parts) for p in scene.people],
         between_steps=True,  # "instant", even while a generation runs
     )
-    return np.concatenate([early, np.full((early.shape[0], 8, 3), 255, np.uint8), late], axis=1)
+    return np.asarray(captioned([early, late], MASK_CAPTIONS))
 
 
 def prompts_markdown(result: Generation) -> str:
@@ -289,30 +311,29 @@ def compare(
     *knobs: Any,
     progress: Callable = lambda *a, **k: None,
     cancel: threading.Event | None = None,
-) -> str:
-    """FineControlNet, ControlNet and MultiControlNet with the same seeds, as a labelled grid PNG.
-    Once `cancel` is set the running generation stops within one step and no other one starts
-    (GenerationCancelled)."""
+) -> Iterator[Image.Image | str]:
+    """FineControlNet, ControlNet and MultiControlNet with the same seeds: yields live previews of
+    each image (progress: "image k of K"), then the labelled grid PNG's path. Once `cancel` is set
+    the running generation stops within one step and no other one starts (GenerationCancelled)."""
     scene = parse_scene(value, setting, negative)
     require_people(scene)
     settings = parse_settings(*knobs)
-    if not (isinstance(extra_seeds, (int, float)) and 0 <= extra_seeds <= 3 and extra_seeds == int(extra_seeds)):
-        raise gr.Error("Extra seeds must be a whole number from 0 to 3.")
+    check_extra_seeds(extra_seeds)
     seeds = [(settings.seed + k) % (MAX_SEED + 1) for k in range(int(extra_seeds) + 1)]
-    rows = []
+    rows, count = [], len(seeds) * len(COMPARED_METHODS)
     for seed in seeds:
         row = []
         for method in COMPARED_METHODS:
-            (result,) = _run_with_previews(
-                engine,
-                scene,
-                replace(settings, method=method, seed=seed),
-                progress,
-                label=f"{method}, seed {seed}: ",
-                previews=False,
-                cancel=cancel,
+            label = f"image {len(rows) * len(COMPARED_METHODS) + len(row) + 1} of {count} ({method}, seed {seed}): "
+            run = _run_with_previews(
+                engine, scene, replace(settings, method=method, seed=seed), progress, label=label, cancel=cancel
             )
-            row.append(result.image)
+            with closing(run):
+                for item in run:
+                    if isinstance(item, Generation):
+                        row.append(item.image)
+                    else:
+                        yield item
         rows.append(row)
     grid = labelled_grid(rows, list(COMPARED_METHODS), [f"seed {s}" for s in seeds])
     path = _output_path(f"finecontrol-compare-{settings.seed}", ".png")
@@ -325,10 +346,17 @@ def compare(
         methods=",".join(COMPARED_METHODS),
         seeds=",".join(map(str, seeds)),
     )
-    return str(path)
+    yield str(path)
 
 
-def export_scene(value: Any, setting: str, negative: str) -> str:
+def check_extra_seeds(extra_seeds: Any) -> None:
+    """Compare's extra seeds: a whole number from 0 to 3."""
+    ok = isinstance(extra_seeds, (int, float)) and not isinstance(extra_seeds, bool)
+    if not (ok and 0 <= extra_seeds <= 3 and extra_seeds == int(extra_seeds)):
+        raise gr.Error("Extra seeds must be a whole number from 0 to 3.")
+
+
+def export_scene(value: Any, setting: str | None = None, negative: str | None = None) -> str:
     """Write the scene as OpenPose-compatible JSON and return the file for download."""
     scene = parse_scene(value, setting, negative)
     path = _output_path("finecontrol-scene", ".json")
@@ -337,11 +365,11 @@ def export_scene(value: Any, setting: str, negative: str) -> str:
 
 
 def import_file(path: str | None) -> tuple:
-    """Scene JSON, plain OpenPose JSON or a FineControl PNG -> (canvas, setting, negative, *knobs).
+    """Scene JSON, plain OpenPose JSON or a FineControl PNG -> (canvas value, *knobs).
     A PNG also restores the settings it was made with (a warning names those the panel does not
-    offer, such as a CLI --width); JSON leaves them as they are, and a JSON file without a
-    setting or negative prompt (plain OpenPose) leaves that box as it is. Messages name the
-    file by its name (at most MAX_ECHO_CHARS), never by its folder on the server."""
+    offer, such as a CLI --width); JSON leaves them as they are. A JSON file without a setting or
+    negative prompt (plain OpenPose) gives a value without them, and the canvas keeps its own.
+    Messages name the file by its name (at most MAX_ECHO_CHARS), never by its folder on the server."""
     if not path:
         raise gr.Error("No file received: choose a scene JSON, an OpenPose JSON or a FineControl PNG.")
     if not isinstance(path, (str, Path)):
@@ -354,8 +382,6 @@ def import_file(path: str | None) -> tuple:
         else:
             doc = scene_frame(read_document(path))
             scene, knobs = scene_from_dict(doc), [gr.skip()] * len(KNOB_FIELDS)
-            setting = scene.setting if doc.get("setting") is not None else gr.skip()
-            negative = scene.negative_prompt if doc.get("negative_prompt") is not None else gr.skip()
     except (SceneError, ValueError, OSError, RecursionError) as err:
         raise gr.Error(shown(f"Could not import {name}: {err}")) from err
     if is_png and (dropped := not_in_panel(settings)):
@@ -370,38 +396,68 @@ def import_file(path: str | None) -> tuple:
         gr.Warning(shown(f"{name}: {note}"))
     count = len(scene.people)
     gr.Info(shown(f"Imported {count} {'person' if count == 1 else 'people'} from {name}."))
-    if is_png:
-        setting, negative = scene.setting, scene.negative_prompt
-    return (scene.to_dict(), setting, negative, *knobs)
+    return (canvas_value(scene, doc if not is_png else None), *knobs)
 
 
 def preset_names(folder: Path = PRESETS) -> list[str]:
     return sorted(p.stem for p in folder.glob("*.json"))
 
 
-def load_preset(name: str, folder: Path = PRESETS) -> tuple:
-    """A scene from assets/scenes (or a model's own presets folder) -> (canvas, setting, negative)."""
+def canvas_value(scene: Scene, doc: dict | None = None) -> dict:
+    """`scene` as the canvas's value; without the setting or negative prompt where `doc`, the file it
+    came from, has none (the canvas then keeps its own)."""
+    value = scene.to_dict()
+    for key in ("setting", "negative_prompt"):
+        if doc is not None and doc.get(key) is None:
+            value.pop(key, None)
+    return value
+
+
+def load_preset(name: str, folder: Path = PRESETS) -> dict:
+    """A scene from assets/scenes (or a model's own presets folder) as the canvas's value; a preset
+    without a negative prompt leaves the canvas's own."""
     known = preset_names(folder)
     if not isinstance(name, str) or name not in known:
         raise gr.Error(shown(f"Unknown preset {brief(name)}: the presets are {', '.join(known)}."))
-    scene = load_scene(folder / f"{name}.json")
-    return scene.to_dict(), scene.setting, scene.negative_prompt
+    doc = read_document(folder / f"{name}.json")
+    return canvas_value(scene_from_dict(doc), doc)
 
 
-def poses_from_detection(bodies: list, image_size: tuple[int, int], canvas_size: tuple[int, int]) -> list[np.ndarray]:
-    """Detected bodies (normalised keypoints, None when missing) -> pixel poses on the canvas, the
-    photo fitted inside the canvas with its aspect ratio kept."""
+def people_from_detection(detections: list, image_size: tuple[int, int], canvas_size: tuple[int, int]) -> list[Person]:
+    """Detected people -> people on the canvas (the photo fitted inside it, aspect kept), with
+    the hands and face found. Each detection is a controlnet_aux PoseResult (`body.keypoints`,
+    `left_hand`, `right_hand`, `face`: normalised keypoints; a part None when not found, a point
+    None or at negative x or y when missing) or just a body's keypoints."""
+    people = []
+    for detection in detections:
+        body = detection.body.keypoints if hasattr(detection, "body") else detection
+        found = {
+            LEFT_HAND: getattr(detection, "left_hand", None),
+            RIGHT_HAND: getattr(detection, "right_hand", None),
+            FACE: getattr(detection, "face", None),
+        }
+        parts = {
+            name: _detected_points(points, PART_KEYPOINTS[name], image_size, canvas_size)
+            for name, points in found.items()
+            if points is not None and len(points) == PART_KEYPOINTS[name]
+        }
+        people.append(Person(keypoints=_detected_points(body, 18, image_size, canvas_size), parts=parts))
+    return people
+
+
+def _detected_points(
+    keypoints: list, count: int, image_size: tuple[int, int], canvas_size: tuple[int, int]
+) -> np.ndarray:
+    """`count` detected keypoints (normalised (x, y) pairs or Keypoints; None or negative when
+    missing) -> a (count, 3) array in canvas pixels, confidence 1 where found and 0 (at 0, 0) where not."""
     (iw, ih), (cw, ch) = image_size, canvas_size
     scale = min(cw / iw, ch / ih)
     ox, oy = (cw - iw * scale) / 2, (ch - ih * scale) / 2
-    poses = []
-    for keypoints in bodies:
-        pose = np.zeros((18, 3))
-        for j, kp in enumerate(keypoints[:18]):
-            if kp is not None:
-                pose[j] = (ox + kp[0] * iw * scale, oy + kp[1] * ih * scale, 1.0)
-        poses.append(pose)
-    return poses
+    points = np.zeros((count, 3))
+    for j, kp in enumerate(keypoints[:count]):
+        if kp is not None and kp[0] >= 0 and kp[1] >= 0:
+            points[j] = (ox + kp[0] * iw * scale, oy + kp[1] * ih * scale, 1.0)
+    return points
 
 
 # A photo larger than this is refused before its pixels are decoded: a small PNG can declare
@@ -440,20 +496,21 @@ def pose_from_photo(
     detect: Callable[[np.ndarray], list], image: str | Path | np.ndarray | None, value: Any, setting: str, negative: str
 ) -> dict:
     """Add the people found in a photo (a file, as the app passes it, or an RGB array) to the
-    canvas, keeping the people already there."""
+    canvas with the hands and faces found, keeping the people already there. `detect` returns
+    what `people_from_detection` takes."""
     if image is None:
         raise gr.Error("Upload a photo first.")
     scene = parse_scene(value, setting, negative)
     if isinstance(image, (str, Path)):
         image = read_photo(image)
     try:
-        bodies = on_torch_thread(detect, image, between_steps=True)
+        detections = on_torch_thread(detect, image, between_steps=True)
     except Exception as err:
         raise gr.Error(shown(f"Pose detection is not available: {err}")) from err
     found = [
-        p
-        for p in poses_from_detection(bodies, (image.shape[1], image.shape[0]), (scene.width, scene.height))
-        if visible_limbs(p)
+        person
+        for person in people_from_detection(detections, (image.shape[1], image.shape[0]), (scene.width, scene.height))
+        if visible_limbs(person.keypoints)
     ]
     if not found:
         raise gr.Error("No person found in the photo.")
@@ -462,5 +519,5 @@ def pose_from_photo(
         raise gr.Error(f"The canvas already has {MAX_PEOPLE} people.")
     if len(found) > room:
         gr.Warning(f"Found {len(found)} people; added the first {room} (at most {MAX_PEOPLE} in a scene).")
-    scene.people.extend(Person(keypoints=pose) for pose in found[:room])
+    scene.people.extend(found[:room])
     return scene.to_dict()

@@ -42,10 +42,10 @@ def code_span(text: str) -> str:
     """`text` as a Markdown code span, which shows its content literally (no links, images, HTML
     or emphasis): fenced by one backtick more than its longest run of backticks, padded with a
     space where it starts or ends with a backtick or a space (CommonMark strips one of each).
-    Line breaks show as ↵ (a blank line would end the span); empty text shows as *(empty)*."""
+    Line breaks show as ↵ (a blank line would end the span); empty text shows as *(none)*."""
     text = re.sub(r"\r\n|\r|\n", "↵", text)
     if not text:
-        return "*(empty)*"
+        return "*(none)*"
     fence = "`" * (1 + max((len(run) for run in re.findall(r"`+", text)), default=0))
     pad = " " if text[0] in "` " or text[-1] in "` " else ""
     return f"{fence}{pad}{text}{pad}{fence}"
