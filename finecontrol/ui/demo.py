@@ -301,19 +301,18 @@ def build_demo(engine: Engine, annotators: str = DEFAULT_ANNOTATORS) -> gr.Block
 
         # Each button checks the scene first in an event of its own, with no outputs: a mistake shows as
         # a message and never marks the output panels with errors or hides the last good result.
-        for button, api_name in ((masks_button, "masks"), (generate_button, "generate")):
-            checked = button.click(check, [editor] + knobs, None, api_name=False, show_progress="hidden")
-            if button is masks_button:
-                checked.success(run_masks, [editor] + knobs, mask_image, api_name=api_name)
-            else:
-                button.click(None, [editor] + knobs, None, js=ASKED_JS)
-                checked.success(
-                    run_generate, [editor] + knobs, [result, control_map, mask_image, prompts_used], api_name=api_name
-                ).success(None, [editor] + knobs, None, js=SHOWN_JS)
+        scene_and_knobs = [editor] + knobs
+        generate_button.click(None, scene_and_knobs, None, js=ASKED_JS)
+        generate_button.click(check, scene_and_knobs, None, api_name=False, show_progress="hidden").success(
+            run_generate, scene_and_knobs, [result, control_map, mask_image, prompts_used], api_name="generate"
+        ).success(None, scene_and_knobs, None, js=SHOWN_JS)
+        masks_button.click(check, scene_and_knobs, None, api_name=False, show_progress="hidden").success(
+            run_masks, scene_and_knobs, mask_image, api_name="masks"
+        )
         compare_button.click(
             check_compare, [editor, extra_seeds] + knobs, None, api_name=False, show_progress="hidden"
         ).success(run_compare, [editor, extra_seeds] + knobs, comparison, api_name="compare")
-        gr.on([editor.change] + [component.change for component in knobs], None, [editor] + knobs, None, js=CHANGED_JS)
+        gr.on([editor.change] + [component.change for component in knobs], None, scene_and_knobs, None, js=CHANGED_JS)
         export_button.click(export, editor, export_file, api_name="export_scene").success(
             None, None, None, js="() => document.querySelector('#export-file')?.click()"
         )

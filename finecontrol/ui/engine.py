@@ -12,7 +12,7 @@ thread with OMP_WAIT_POLICY=passive, against 0.74 s). Gradio runs handlers on a 
 Cancelling: Gradio cancels an event by cancelling its asyncio task. A plain (sync) handler runs on a
 worker thread that nobody stops, and a sync generator is closed only once its current item is
 done, so a cancelled Compare ran to its end and held the torch thread. The app's long handlers
-therefore run through `iterate_cancellable` / `call_cancellable`, which set a `cancel` event the
+therefore run through `iterate_cancellable`, which sets a `cancel` event the
 moment the task is cancelled; the step callback checks it and raises `GenerationCancelled`.
 """
 
@@ -101,16 +101,6 @@ async def iterate_cancellable(make: Callable[[threading.Event], Iterator[T]]) ->
             yield item
     finally:
         cancel.set()  # a no-op once the generator is exhausted
-
-
-async def call_cancellable(fn: Callable[[threading.Event], T]) -> T:
-    """`fn(cancel)` on a worker thread; cancelling the awaiting task (Gradio's cancel) sets `cancel`
-    at once, and `fn` is left to stop by itself (within a step)."""
-    cancel = threading.Event()
-    try:
-        return await asyncio.to_thread(fn, cancel)
-    finally:
-        cancel.set()
 
 
 @dataclass
