@@ -10,6 +10,9 @@ latencies. `python -m finecontrol.benchmark --load K --model toy`: the app start
 then K gradio_client clients at once, each asking for one generation of a one-person scene: how
 many completed, were rejected (queue full) or failed, latency percentiles, the app's resident
 memory before and after, and the files left in its output folder and Gradio's cache.
+`python -m finecontrol.benchmark --loras 8 --model tiny --size 128`: seconds per step of two
+people without LoRAs, with one global LoRA, and with a different LoRA each (the mixed batch);
+random rank-8 LoRAs on the UNet's attention and the text encoder.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import urllib.request
 from pathlib import Path
 
 from finecontrol.costs import crowd, proc_status
+from finecontrol.scene import LoraRef
 from finecontrol.settings import COMPARED_METHODS, METHODS, Settings
 
 
@@ -56,7 +60,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--gpu", action="store_true", help="the prepared GPU report (finecontrol/gpu_report.py)")
     parser.add_argument("--variants", default="eager,channels_last,compile", help="--gpu: of those")
     parser.add_argument("--budget", type=float, default=420, help="--gpu: seconds, after which the rest is skipped")
+    parser.add_argument("--loras", type=int, metavar="RANK", help="time per-person LoRAs of this rank instead")
     args = parser.parse_args(argv)
+    if args.loras:
+        args.model, args.size = args.model or "tiny", args.size or "128"
+        return benchmark_loras(args)
     if args.load:
         args.model = args.model or "toy"
         return benchmark_load(args)
@@ -234,6 +242,69 @@ def benchmark_load(args: argparse.Namespace) -> None:
     outputs = sum(1 for p in folder.glob("finecontrol-*/*") if p.is_file())
     cached = sum(1 for p in (folder / "gradio").rglob("*") if p.is_file())
     print(f"files in the output folder and Gradio's cache: {outputs} and {cached} ({len(done) + 1} generations made)")
+
+
+def benchmark_loras(args: argparse.Namespace) -> None:
+    """Seconds per step, two people: no LoRA, one global LoRA, a different LoRA per person."""
+    from dataclasses import replace
+
+    from finecontrol import costs
+    from finecontrol.models import DTYPES, load_model
+
+    pipe = load_model(args.model, device=args.device, dtype=DTYPES[args.dtype] if args.dtype else None)
+    size = _numbers(args.size)[0]
+    scene, folder = crowd(2, size, size), Path(tempfile.mkdtemp())
+    paths = [save_random_lora(pipe, folder / f"{name}.safetensors", args.loras, seed) for seed, name in enumerate("ab")]
+    mixed = replace(scene, people=[replace(p, loras=[]) for p in scene.people])
+    for person, path in zip(mixed.people, paths):
+        person.loras = [LoraRef(str(path), 1.0)]
+    settings = Settings(steps=args.steps, guidance_scale=args.guidance, width=size, height=size)
+    runs = {
+        "no LoRA": (scene, settings),
+        "one global LoRA": (scene, replace(settings, loras=str(paths[0]))),
+        "mixed: a LoRA per person": (mixed, settings),
+    }
+    env = costs.environment(pipe)
+    print(f"{args.model} {size} px, 2 people, rank {args.loras}, {args.steps} steps, {env['device']} {env['dtype']}")
+    for scene_, settings_ in runs.values():  # warm: LoRAs loaded, prompts cached
+        pipe(scene_, replace(settings_, steps=1), decode=False)
+    times = {name: [] for name in runs}
+    for _ in range(args.repeats):  # interleaved, so drift in the machine's speed hits every run alike
+        for name, (scene_, settings_) in runs.items():
+            times[name] += _timed(1, pipe, scene_, settings_, decode=False)
+    base = statistics.median(times["no LoRA"]) / args.steps
+    for name, values in times.items():
+        per_step = statistics.median(values) / args.steps
+        print(f"{name:26s} {per_step:.4f} s/step  x{per_step / base:.3f}")
+
+
+def save_random_lora(pipe, path: Path, rank: int, seed: int) -> Path:
+    """A random LoRA (non-zero B) on the UNet's attention and the text encoder, saved in diffusers' format."""
+    import copy
+
+    import torch
+    from diffusers import StableDiffusionPipeline
+    from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model
+
+    layers = {}
+    targets = {"unet": ["to_q", "to_k", "to_v", "to_out.0"], "text_encoder": ["q_proj", "k_proj", "v_proj", "out_proj"]}
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for part, modules in targets.items():
+            model = inject_adapter_in_model(
+                LoraConfig(r=rank, lora_alpha=rank, target_modules=modules), copy.deepcopy(getattr(pipe, part)).cpu()
+            )
+            for name, weight in model.named_parameters():
+                if "lora_B" in name:
+                    torch.nn.init.normal_(weight, std=0.01)
+            layers[part] = get_peft_model_state_dict(model)
+    StableDiffusionPipeline.save_lora_weights(
+        path.parent,
+        unet_lora_layers=layers["unet"],
+        text_encoder_lora_layers=layers["text_encoder"],
+        weight_name=path.name,
+    )
+    return path
 
 
 def _timed(repeats: int, fn, *args, **kwargs) -> list[float]:

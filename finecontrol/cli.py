@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from finecontrol.lora_mixing import LoraMixError
 from finecontrol.model_info import ModelInfo
 from finecontrol.models import DTYPES, RANDOM_WEIGHT_MODELS, TOY_MODEL, ModelNotAvailableError
 from finecontrol.pipeline import NonFiniteError, NotEnoughMemoryError
@@ -37,6 +38,7 @@ _USER_ERRORS = (
     torch.OutOfMemoryError,
     NotEnoughMemoryError,
     NonFiniteError,
+    LoraMixError,
 )
 
 
@@ -112,6 +114,11 @@ def _settings_flags(parser: argparse.ArgumentParser, names: list[str], toy: dict
         default = "the PNG's, else random" if name == "seed" else _shown(getattr(paper, name))
         if name in toy and toy[name] != getattr(paper, name):
             default += f"; toy: {_shown(toy[name])}"
+        if name == "loras":  # repeatable: --lora A:0.8 --lora B
+            parser.add_argument(
+                "--lora", dest=name, action="append", metavar="NAME[:SCALE]", help=f"{knob.help}; repeatable"
+            )
+            continue
         parser.add_argument(
             f"--{knob.flag}",
             dest=name,
@@ -120,6 +127,12 @@ def _settings_flags(parser: argparse.ArgumentParser, names: list[str], toy: dict
             metavar=None if knob.choices else knob.flag.upper(),
             help=f"{knob.help} (default: {default})",
         )
+
+
+def _flag(args: argparse.Namespace, name: str):
+    """A settings flag's value (None when not given); the repeated --lora flags joined."""
+    value = getattr(args, name, None)
+    return ", ".join(value) if isinstance(value, list) else value
 
 
 def _shown(value) -> str:
@@ -153,7 +166,7 @@ def _check_out(path: Path, png: bool = True) -> None:
 
 def _settings(args: argparse.Namespace, stored: Settings | None, defaults: Settings) -> Settings:
     """The stored settings (from a PNG) or the model's defaults, with the command line's flags."""
-    changes = {name: getattr(args, name) for name in knobs() if getattr(args, name, None) is not None}
+    changes = {name: _flag(args, name) for name in knobs() if _flag(args, name) is not None}
     if stored is None and "seed" not in changes:
         changes["seed"] = random_seed()
     return replace(stored or defaults, **changes)
@@ -169,7 +182,7 @@ def _load(args: argparse.Namespace, stored: Settings | None):
     if args.max_batch is not None and args.max_batch < 1:
         raise SettingsError(f"--max-batch must be at least 1, got {args.max_batch}")
     for name in knobs():  # each flag's value valid on its own now (the model's defaults come later)
-        if (value := getattr(args, name, None)) is not None:
+        if (value := _flag(args, name)) is not None:
             pair = {"width": value, "height": value} if name in ("width", "height") else {name: value}
             replace(Settings(), **pair)
     args.model = args.model or offline_default()
@@ -196,6 +209,7 @@ class _Progress:
 
 
 def _generate(args: argparse.Namespace) -> int:
+    from finecontrol.loras import load_scene_loras
     from finecontrol.metadata import save_png
 
     _check_out(args.out)
@@ -203,6 +217,7 @@ def _generate(args: argparse.Namespace) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     pipe = _load(args, stored)
     settings = _settings(args, stored, pipe.default_settings())
+    load_scene_loras(pipe, scene, settings.loras)  # a missing LoRA fails before the first step
     progress = _Progress(len(pipe.timestep_scheduler(settings).timesteps))
     result = pipe(scene, settings, callback=progress)
     progress.close()

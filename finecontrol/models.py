@@ -106,7 +106,9 @@ def _load_pretrained(base: str, controlnet: str) -> FineControlPipeline:
         "controlnet": (ControlNetModel, controlnet, None),
     }
     loaded = {key: _from_pretrained(cls, source, subfolder) for key, (cls, source, subfolder) in parts.items()}
-    return FineControlPipeline(**loaded, info=info)
+    pipe = FineControlPipeline(**loaded, info=info)
+    pipe.folder = Path(base).resolve() if Path(base).is_dir() else None
+    return pipe
 
 
 def _from_pretrained(cls, source: str, subfolder: str | None):

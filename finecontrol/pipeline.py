@@ -12,7 +12,8 @@ one seed gives comparable images:
 Every step makes one batched ControlNet call and one batched UNet call for all people and both
 classifier-free-guidance halves (one half when guidance_scale is 1: the unconditional half would
 not change eps). `max_batch` splits those calls into chunks when a batch would not fit in memory;
-the result is the same.
+the result is the same. Each person's LoRAs (and the global ones) act on that person's branch
+only, inside the same batched UNet call (finecontrol/lora_mixing.py); the ControlNet has none.
 """
 
 from __future__ import annotations
@@ -28,10 +29,11 @@ import torch
 from PIL import Image
 
 from finecontrol.fusion import FeatureComposer, MaskPyramid, compose_residuals, residual_split, sum_over_people
+from finecontrol.lora_mixing import LoraMix
 from finecontrol.model_info import ModelInfo
 from finecontrol.pose import drawn_parts
 from finecontrol.render import hard_masks, harmony_steps, people_off_canvas, scene_maps, soft_masks, uses_soft_masks
-from finecontrol.scene import Scene, SceneError
+from finecontrol.scene import LoraRef, Scene, SceneError, parse_loras
 from finecontrol.settings import COMPOSING_METHODS, Settings
 
 StepCallback = Callable[[int, int, torch.Tensor], None]
@@ -98,6 +100,7 @@ class Generation:
     prompts: Prompts
     scene: Scene
     settings: Settings
+    loras: list[list[LoraRef]] = field(default_factory=list)  # per person: the global LoRAs, then their own
 
 
 @dataclass
@@ -111,6 +114,7 @@ class _Branches:
     control_scales: torch.Tensor
     unet_context: torch.Tensor
     masks: list[MaskPyramid] = field(default_factory=list)  # [early, late], finecontrol only
+    loras: LoraMix | None = None  # each UNet batch row's LoRA scales; None: no LoRA acts
 
 
 class FineControlPipeline:
@@ -136,7 +140,11 @@ class FineControlPipeline:
             module.eval().requires_grad_(False)
         self.max_batch: int | None = None
         """Most batch items per ControlNet/UNet call; None: all at once on CPU, what fits on CUDA."""
-        self._prompt_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self._prompt_cache: OrderedDict[str | tuple, torch.Tensor] = OrderedDict()
+        self.folder: Path | None = None
+        """The model's local folder, when loaded from one (its `loras/` folder is searched for LoRAs)."""
+        self.loras: dict = {}
+        """LoRAs loaded as adapters on the UNet and text encoder: source -> finecontrol.loras.LoadedLora."""
 
     @property
     def device(self) -> torch.device:
@@ -185,7 +193,13 @@ class FineControlPipeline:
         """A fresh scheduler. `ddim`: diffusers' "leading" grid with offset 1, the original
         sampler's grid whenever the steps divide 1000 (20 steps: 951, 901, ..., 1);
         `ddim-original`: the original sampler's grid at any number of steps (30 -> 31 steps)."""
-        from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, UniPCMultistepScheduler
+        from diffusers import (
+            DDIMScheduler,
+            DPMSolverMultistepScheduler,
+            LCMScheduler,
+            TCDScheduler,
+            UniPCMultistepScheduler,
+        )
 
         from finecontrol.schedulers import original_grid_ddim
 
@@ -198,6 +212,10 @@ class FineControlPipeline:
             return DPMSolverMultistepScheduler.from_config(config, algorithm_type="dpmsolver++")
         if name == "unipc":
             return UniPCMultistepScheduler.from_config(config)
+        if name == "lcm":
+            return LCMScheduler.from_config(config)
+        if name == "tcd":
+            return TCDScheduler.from_config(config)
         raise ValueError(f"unknown scheduler {name!r}")
 
     def timestep_scheduler(self, settings: Settings):
@@ -206,25 +224,32 @@ class FineControlPipeline:
         scheduler.set_timesteps(settings.steps, device=self.device)
         return scheduler
 
-    def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
-        """CLIP embeddings (len(prompts), 77, D). Each distinct text is encoded once and kept for
-        later calls (the last PROMPT_CACHE_SIZE texts), so re-generating with the same prompts
-        runs no text encoder."""
+    def encode_prompts(self, prompts: list[str], loras: list[tuple] | None = None) -> torch.Tensor:
+        """CLIP embeddings (len(prompts), 77, D). `loras[i]`: the text-encoder LoRAs active for
+        prompt i, ((adapter, scale), ...) (none by default). Each distinct text (with its LoRAs) is
+        encoded once and kept for later calls (the last PROMPT_CACHE_SIZE), so re-generating with
+        the same prompts runs no text encoder."""
         cache = self._prompt_cache
-        missing = [text for text in dict.fromkeys(prompts) if text not in cache]
-        if missing:
+        pairs = list(zip(prompts, loras or [()] * len(prompts)))
+        keys = [text if not own else (text, own) for text, own in pairs]  # a text alone without LoRAs
+        missing = {key: pair for key, pair in zip(keys, pairs) if key not in cache}
+        for own in dict.fromkeys(own for _, own in missing.values()):  # one text-encoder call per LoRA set
+            group = [key for key, (_, other) in missing.items() if other == own]
+            texts = [missing[key][0] for key in group]
             ids = self.tokenizer(
-                missing,
+                texts,
                 padding="max_length",
                 max_length=self.tokenizer.model_max_length,
                 truncation=True,
                 return_tensors="pt",
             ).input_ids
-            embeddings = self.text_encoder(ids.to(self.device))[0].to(self.dtype)
-            cache.update(zip(missing, embeddings))
-        for text in prompts:
-            cache.move_to_end(text)
-        result = torch.stack([cache[text] for text in prompts])
+            mix = LoraMix(self.text_encoder, {name: [scale] * len(texts) for name, scale in own}) if own else None
+            with mix or nullcontext():
+                embeddings = self.text_encoder(ids.to(self.device))[0].to(self.dtype)
+            cache.update(zip(group, embeddings))
+        for key in keys:
+            cache.move_to_end(key)
+        result = torch.stack([cache[key] for key in keys])
         while len(cache) > PROMPT_CACHE_SIZE:
             cache.popitem(last=False)
         return result
@@ -281,12 +306,15 @@ class FineControlPipeline:
         raw_t = torch.from_numpy(raw)
         early, late = hard_masks(raw_t, settings.temperature), soft_masks(raw_t, settings.temperature)
         prompts = build_prompts(scene, settings.quality_suffix)
-        branches = self._branches(settings, scene, prompts, control_image, person_images, early, late)
+        used = [[*parse_loras(settings.loras), *p.loras] for p in scene.people]
+        branches = self._branches(settings, scene, prompts, control_image, person_images, early, late, used)
 
         scheduler = self.timestep_scheduler(settings)
         if latents is None:
             latents = self.initial_latents(settings.seed, latent_size, scheduler.init_noise_sigma)
         step_kwargs = {"eta": settings.eta} if settings.scheduler.startswith("ddim") else {}
+        if settings.scheduler in ("lcm", "tcd"):  # they add fresh noise each step: seeded, as the initial noise
+            step_kwargs["generator"] = torch.Generator("cpu").manual_seed(settings.seed)
         # The last `soft_steps` of the steps actually run blend softly: int(steps * harmony) of
         # them, also when a grid runs more steps than asked (ddim-original at 30: 16 hard + 15 soft).
         soft_steps = harmony_steps(settings.steps, settings.harmony)
@@ -294,7 +322,10 @@ class FineControlPipeline:
 
         composing = settings.method in COMPOSING_METHODS
         every_layer = settings.method == "finecontrol-all"
-        with FeatureComposer(self.unet, every_layer) if composing else nullcontext() as composer:
+        with (
+            FeatureComposer(self.unet, every_layer) if composing else nullcontext() as composer,
+            branches.loras or nullcontext(),
+        ):
             for i, t in enumerate(scheduler.timesteps):
                 model_input = scheduler.scale_model_input(latents, t)
                 masks = branches.masks[int(uses_soft_masks(i, total, soft_steps))] if composing else None
@@ -321,6 +352,7 @@ class FineControlPipeline:
             prompts=prompts,
             scene=scene,
             settings=settings,
+            loras=used,
         )
 
     def chunk_size(self, settings: Settings, people: int, latent_size: tuple[int, int]) -> int:
@@ -351,28 +383,38 @@ class FineControlPipeline:
             )
         return min(chunk, batch)
 
-    def _branches(self, settings, scene, prompts, control_image, person_images, early, late) -> _Branches:
-        """Batched prompt embeddings, control images and scales for the method, negative half first
-        (and only the positive half when guidance_scale is 1)."""
+    def _branches(self, settings, scene, prompts, control_image, person_images, early, late, used=None) -> _Branches:
+        """Batched prompt embeddings, control images, scales and LoRA scales for the method,
+        negative half first (and only the positive half when guidance_scale is 1). `used`: each
+        person's LoRAs (global ones first; None: no LoRAs)."""
         halves = guidance_halves(settings)
 
         def per_half(negative: list, positive: list) -> list:
             return negative + positive if halves == 2 else positive
 
+        own = self._lora_scales(used or [[] for _ in scene.people])  # per person: adapter -> scale
+        single = [merged_lora_scales(own)]  # the one branch of the baselines: everyone's LoRAs
+        text_loras = [self._text_loras(scales) for scales in own]
+        global_text = [self._text_loras(single[0])] * halves
         if settings.method == "controlnet":
-            context = self.encode_prompts(per_half([prompts.global_negative], [prompts.global_prompt]))
+            context = self.encode_prompts(per_half([prompts.global_negative], [prompts.global_prompt]), global_text)
             images = self._image_batch([control_image] * halves)
             scales = self._scales([settings.control_strength] * halves)
-            return _Branches(1, halves, context, images, scales, context)
+            return _Branches(1, halves, context, images, scales, context, loras=self._unet_loras(single * halves))
         people = len(scene.people)
         scales = [settings.control_strength if p.control_strength is None else p.control_strength for p in scene.people]
-        context = self.encode_prompts(per_half(prompts.people_negative, prompts.people))
+        context = self.encode_prompts(
+            per_half(prompts.people_negative, prompts.people), per_half(text_loras, text_loras)
+        )
         if settings.method == "multicontrolnet":
-            unet_context = self.encode_prompts(per_half([prompts.global_negative], [prompts.global_prompt]))
-            masks = []
+            unet_context = self.encode_prompts(
+                per_half([prompts.global_negative], [prompts.global_prompt]), global_text
+            )
+            masks, unet_loras = [], self._unet_loras(single * halves)
         else:
             unet_context = context
             masks = [MaskPyramid(early.to(self.device, self.dtype)), MaskPyramid(late.to(self.device, self.dtype))]
+            unet_loras = self._unet_loras(own * halves)
         return _Branches(
             people,
             halves,
@@ -381,7 +423,36 @@ class FineControlPipeline:
             self._scales(scales * halves),
             unet_context,
             masks,
+            unet_loras,
         )
+
+    def _lora_scales(self, used: list[list[LoraRef]]) -> list[dict[str, float]]:
+        """Each person's adapter -> scale (a LoRA named twice: the scales add), loading each
+        distinct LoRA once (finecontrol.loras)."""
+        if not any(used):
+            return [{} for _ in used]
+        from finecontrol.loras import load_lora  # (it imports the model loader, which imports this module)
+
+        result = []
+        for refs in used:
+            scales: dict[str, float] = {}
+            for ref in refs:
+                adapter = load_lora(self, ref.name).adapter
+                scales[adapter] = scales.get(adapter, 0.0) + ref.scale
+            result.append(scales)
+        return result
+
+    def _text_loras(self, scales: dict[str, float]) -> tuple:
+        """The text-encoder part of a branch's LoRAs: ((adapter, scale), ...), sorted, nonzero only."""
+        with_text = {lora.adapter for lora in self.loras.values() if lora.text_encoder}
+        return tuple(sorted((name, scale) for name, scale in scales.items() if name in with_text and scale != 0))
+
+    def _unet_loras(self, rows: list[dict[str, float]]) -> LoraMix | None:
+        """Hooks giving each UNet batch row its LoRA scales; None when no LoRA acts on any row."""
+        names = sorted({name for scales in rows for name, scale in scales.items() if scale != 0})
+        if not names:
+            return None
+        return LoraMix(self.unet, {name: [scales.get(name, 0.0) for scales in rows] for name in names})
 
     def _image_batch(self, images: list[np.ndarray]) -> torch.Tensor:
         batch = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2)
@@ -432,6 +503,8 @@ class FineControlPipeline:
             mid = sum_over_people(mid, branches.people)
 
         def unet(start: int, stop: int) -> torch.Tensor:
+            if branches.loras is not None:
+                branches.loras.select(start, stop)
             return self.unet(
                 latents.expand(stop - start, -1, -1, -1),
                 t,
@@ -466,6 +539,16 @@ def guidance_halves(settings: Settings) -> int:
     """2 (unconditional and conditional); 1 when guidance_scale is 1, where
     eps = e_neg + 1 * (e_pos - e_neg) is e_pos and the unconditional half is not needed."""
     return 1 if settings.guidance_scale == 1 else 2
+
+
+def merged_lora_scales(people: list[dict[str, float]]) -> dict[str, float]:
+    """Every person's LoRAs on one branch (the single-branch baselines): the largest of each
+    adapter's scales (global LoRAs, which every person has, keep theirs)."""
+    merged: dict[str, float] = {}
+    for scales in people:
+        for name, scale in scales.items():
+            merged[name] = max(merged.get(name, scale), scale)
+    return merged
 
 
 def spans(total: int, size: int) -> list[tuple[int, int]]:

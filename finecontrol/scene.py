@@ -41,9 +41,12 @@ COORDINATES = ("pixels", "normalized")  # the optional "coordinates" field's val
 # Without a "coordinates" field, a document is read as normalised (0..1 of the canvas) when every
 # visible keypoint lies within this many units of 0: as pixels, such people would be 2 px tall.
 NORMALISED_GUESS_LIMIT = 2.0
+MAX_LORAS_PER_PERSON = 4
+LORA_SCALE_LIMIT = 4.0  # a LoRA's scale lies in -LORA_SCALE_LIMIT..LORA_SCALE_LIMIT
+MAX_LORA_NAME_CHARS = 500
 
 _NUMBER_LIST = re.compile(r"\[([-+0-9.eE,\s]+)\]")
-_PERSON_FIELDS = {"pose_keypoints_2d", "prompt", "negative_prompt", "control_strength", *PART_KEYPOINTS}
+_PERSON_FIELDS = {"pose_keypoints_2d", "prompt", "negative_prompt", "control_strength", "loras", *PART_KEYPOINTS}
 _SCENE_FIELDS = {"canvas_width", "canvas_height", "people", "setting", "negative_prompt", "format", "coordinates"}
 
 
@@ -83,6 +86,56 @@ def text_problem(text: str) -> str | None:
     return None
 
 
+@dataclass(frozen=True)
+class LoraRef:
+    """A LoRA by name (a file, a folder, a name in a LoRA folder or a hub id) and its scale."""
+
+    name: str
+    scale: float = 1.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "scale": self.scale}
+
+
+def lora_ref(name: Any, scale: Any, owner: str) -> LoraRef:
+    """A validated LoraRef; SceneError naming `owner` otherwise."""
+    if not isinstance(name, str) or not name.strip():
+        raise SceneError(f"{owner}: a LoRA's name must be non-empty text, got {brief(name)}")
+    if len(name) > MAX_LORA_NAME_CHARS or text_problem(name):
+        raise SceneError(f"{owner}: LoRA name {brief(name)} is too long or holds an invalid character")
+    if not is_finite_number(scale) or not -LORA_SCALE_LIMIT <= scale <= LORA_SCALE_LIMIT:
+        raise SceneError(
+            f"{owner}: LoRA {brief(name)} has scale {brief(scale)}: "
+            f"a number in {-LORA_SCALE_LIMIT:g}..{LORA_SCALE_LIMIT:g}"
+        )
+    return LoraRef(name.strip(), float(scale))
+
+
+def parse_loras(text: str, owner: str = "loras") -> list[LoraRef]:
+    """`"NAME:SCALE, NAME2"` (scale 1 when left out) -> LoraRefs; SceneError when malformed.
+    The scale is what follows the last colon, so a name may hold colons (a Windows path)."""
+    refs = []
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        name, scale = item, 1.0
+        head, colon, tail = item.rpartition(":")
+        if colon and not head:
+            raise SceneError(f"{owner}: {brief(item)} has no name before its scale")
+        if colon and not tail.startswith(("\\", "/")):
+            try:
+                name, scale = head, float(tail)
+            except ValueError as err:
+                raise SceneError(f"{owner}: {brief(item)} is not NAME or NAME:SCALE (SCALE a number)") from err
+        refs.append(lora_ref(name, scale, owner))
+    return refs
+
+
+def format_loras(refs: list[LoraRef]) -> str:
+    """LoraRefs as `parse_loras` reads them."""
+    return ", ".join(f"{ref.name}:{ref.scale:g}" for ref in refs)
+
+
 @dataclass(eq=False)
 class Person:
     """One person: an (18, 3) pose in canvas pixels, their hands and face (`parts`: field name ->
@@ -94,6 +147,7 @@ class Person:
     control_strength: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     parts: Parts = field(default_factory=dict)
+    loras: list[LoraRef] = field(default_factory=list)  # this person's own LoRAs (their branch only)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Person):
@@ -104,8 +158,8 @@ class Person:
         return (
             np.array_equal(self.keypoints, other.keypoints)
             and same_parts
-            and (self.prompt, self.negative_prompt, self.control_strength, self.extra)
-            == (other.prompt, other.negative_prompt, other.control_strength, other.extra)
+            and (self.prompt, self.negative_prompt, self.control_strength, self.extra, self.loras)
+            == (other.prompt, other.negative_prompt, other.control_strength, other.extra, other.loras)
         )
 
 
@@ -137,6 +191,8 @@ class Scene:
                 entry["negative_prompt"] = person.negative_prompt
             if person.control_strength is not None:
                 entry["control_strength"] = person.control_strength
+            if person.loras:
+                entry["loras"] = [ref.to_dict() for ref in person.loras]
             people.append(entry)
         doc: dict[str, Any] = dict(self.extra)
         doc.update(
@@ -254,6 +310,7 @@ def scene_from_dict(doc: Any) -> Scene:
                 control_strength=_strength(entry.get("control_strength"), i),
                 extra=person_extras[i],
                 parts=parts[i],
+                loras=_loras(entry.get("loras"), i),
             )
         )
     from finecontrol.render import people_off_canvas  # (cv2: imported only when a scene is read)
@@ -393,6 +450,21 @@ def _text(doc: dict, key: str, owner: str) -> str | None:
     if problem := text_problem(value):
         raise SceneError(f"{owner}: '{key}' {problem}")
     return value
+
+
+def _loras(value: Any, i: int) -> list[LoraRef]:
+    """A person's `loras`: a list of at most MAX_LORAS_PER_PERSON `{"name": ..., "scale": ...}`."""
+    owner = f"person {i + 1}"
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(item, dict) for item in value):
+        raise SceneError(f'{owner}: \'loras\' must be a list of {{"name": ..., "scale": ...}}, got {brief(value)}')
+    if len(value) > MAX_LORAS_PER_PERSON:
+        raise SceneError(f"{owner} has {len(value)} LoRAs: at most {MAX_LORAS_PER_PERSON}")
+    for item in value:
+        if unknown := sorted(set(item) - {"name", "scale"}):
+            raise SceneError(f"{owner}: unknown LoRA fields {brief(unknown)}: a LoRA has a name and a scale")
+    return [lora_ref(item.get("name"), item.get("scale", 1.0), owner) for item in value]
 
 
 def _strength(value: Any, i: int) -> float | None:

@@ -14,12 +14,12 @@ from functools import cache
 from typing import Any
 
 from finecontrol.pose import PART_CHOICES
-from finecontrol.scene import MAX_CANVAS, MIN_CANVAS, brief, is_finite_number, text_problem
+from finecontrol.scene import MAX_CANVAS, MIN_CANVAS, SceneError, brief, is_finite_number, parse_loras, text_problem
 
 METHODS = ("finecontrol", "controlnet", "multicontrolnet", "finecontrol-all")
 COMPOSING_METHODS = ("finecontrol", "finecontrol-all")  # one branch per person, merged with masks
 COMPARED_METHODS = ("finecontrol", "controlnet", "multicontrolnet")  # the paper's method and its baselines
-SCHEDULERS = ("ddim", "ddim-original", "dpm++", "unipc")
+SCHEDULERS = ("ddim", "ddim-original", "dpm++", "unipc", "lcm", "tcd")
 MAX_SEED = 2**32 - 1
 POSE_PARTS = tuple(PART_CHOICES)  # what the control image draws of each person
 
@@ -196,7 +196,8 @@ class Settings:
         widget="dropdown",
         label="Scheduler",
         help="sampler: ddim (diffusers' leading grid, the original's when the steps divide 1000), "
-        "ddim-original (the original grid at any step count), dpm++, unipc",
+        "ddim-original (the original grid at any step count), dpm++, unipc, lcm and tcd (for few-step "
+        "models and LoRAs such as LCM-LoRA, 4-8 steps at guidance 1-2)",
     )
     quality_suffix: str = _knob(
         "best quality",
@@ -220,6 +221,15 @@ class Settings:
         "them (the OpenPose ControlNet v1.1 was trained with and without hands and faces); people "
         "without them are drawn the same either way",
     )
+    loras: str = _knob(
+        "",
+        kind="text",
+        flag="lora",
+        widget="text",
+        label="Global LoRAs (NAME:SCALE, ...)",
+        help="LoRAs for every person's branch, as NAME[:SCALE] separated by commas (scale 1 when left out): "
+        "a file, a folder, a name in a loras/ folder or a hub id; people's own LoRAs are in the scene",
+    )
 
     def __post_init__(self) -> None:
         for name, knob in knobs().items():
@@ -231,6 +241,10 @@ class Settings:
                 f"{name} must be a multiple of 8 in {MIN_CANVAS}..{MAX_CANVAS}, got {brief(value)}",
             )
         _check((self.width is None) == (self.height is None), "give width and height together, or neither")
+        try:
+            parse_loras(self.loras)
+        except SceneError as err:
+            raise SettingsError(str(err)) from err
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

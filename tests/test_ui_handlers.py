@@ -68,7 +68,7 @@ def test_settings_from_the_panel_are_validated_and_converted():
     knobs[handlers.KNOB_FIELDS.index("steps")] = 0
     with pytest.raises(gr.Error, match="Invalid setting: steps must be"):
         handlers.parse_settings(*knobs)
-    with pytest.raises(gr.Error, match="expected 12 settings"):
+    with pytest.raises(gr.Error, match=f"expected {len(handlers.KNOB_FIELDS)} settings"):
         handlers.parse_settings(1, 2)
 
 
@@ -554,3 +554,15 @@ def test_check_extra_seeds_refuses_all_but_a_whole_number_from_0_to_3(extra):
 def test_check_extra_seeds_takes_0_to_3_as_the_slider_sends_them():
     for extra in (0, 1, 2, 3, 2.0):
         assert handlers.check_extra_seeds(extra) is None
+
+
+def test_check_scene_refuses_a_lora_that_cannot_be_found_by_name(engine):
+    """A typo in a person's LoRA, or in the global ones, is a message before anything runs."""
+    typo = canvas()
+    typo["people"][1]["loras"] = [{"name": "no-such-lora.safetensors", "scale": 1.0}]
+    with pytest.raises(gr.Error, match="no LoRA 'no-such-lora.safetensors'"):
+        handlers.check_scene(engine, typo, *KNOBS)
+    knobs = list(KNOBS)
+    knobs[handlers.KNOB_FIELDS.index("loras")] = "./missing/lora.safetensors:0.5"
+    with pytest.raises(gr.Error, match="no LoRA './missing/lora.safetensors'"):
+        handlers.check_scene(engine, canvas(), *knobs)

@@ -23,6 +23,7 @@ const WHEEL_SCALE_STEP = 1.05;
 const WHEEL_ROTATE_STEP = 5;  // degrees
 const NUDGE = 2;  // canvas pixels per arrow key press (Shift: NUDGE_LARGE)
 const NUDGE_LARGE = 20;
+const LORA_NAMES = props.lora_names;  // the LoRAs the model has at hand (any other name or hub id can be typed)
 const VOCABULARY = new Set(props.vocabulary);  // the only words the model knows; empty: any text
 const WORD = new RegExp(props.word_pattern, 'gu');  // finecontrol.model_info.unknown_words's rule
 
@@ -36,6 +37,12 @@ const settingInput = element.querySelector('.fc-setting');
 const negativeInput = element.querySelector('.fc-global-negative');
 
 const clone = (v) => JSON.parse(JSON.stringify(v));
+// the LoRA names the cards suggest, in a datalist of the page (one per editor)
+const listId = `fc-lora-names-${Math.random().toString(36).slice(2)}`;
+const loraList = document.createElement('datalist');
+loraList.id = listId;
+loraList.innerHTML = LORA_NAMES.map((name) => `<option value="${name.replace(/[&"<>]/g, '')}"></option>`).join('');
+element.appendChild(loraList);
 let committed = normalise(props.value, {});
 let scene = clone(committed);
 let selected = scene.people.length ? 0 : -1;
@@ -338,6 +345,8 @@ function buildCards() {
       <textarea class="fc-prompt" rows="2" aria-label="Person ${i + 1} prompt"
         placeholder="Who is person ${i + 1}? e.g. ${props.example_prompt}"></textarea>
       <div class="fc-words" role="note"></div>
+      <div class="fc-loras"></div>
+      <button type="button" class="fc-lora-add" aria-label="Add a LoRA to person ${i + 1}">+ LoRA</button>
       <details><summary>negative prompt, control strength</summary>
         <input class="fc-negative" type="text" aria-label="Person ${i + 1} negative prompt"
           placeholder="negative prompt (empty: the global one)">
@@ -351,7 +360,52 @@ function buildCards() {
     bindField(card.querySelector('.fc-prompt'), i, 'prompt', (v) => v);
     bindField(card.querySelector('.fc-negative'), i, 'negative_prompt', (v) => (v === '' ? undefined : v));
     bindField(card.querySelector('.fc-strength'), i, 'control_strength', (v) => (v === '' ? undefined : Number(v)));
+    card.querySelector('.fc-lora-add').addEventListener('click', () => {
+      const person = scene.people[i];
+      person.loras = [...(person.loras || []), { name: LORA_NAMES[0] || '', scale: 1 }];
+      commit();
+    });
     cards.appendChild(card);
+  });
+}
+
+// A person's LoRAs: one row each (a name, picked from the model's LoRAs or typed, e.g. a hub id,
+// and a scale); rows are rebuilt only when their number changes, so typing keeps its focus.
+function buildLoraRows(card, index) {
+  const loras = scene.people[index].loras || [];
+  const box = card.querySelector('.fc-loras');
+  box.innerHTML = '';
+  loras.forEach((_, k) => {
+    const row = document.createElement('div');
+    row.className = 'fc-lora';
+    row.innerHTML = `
+      <input class="fc-lora-name" type="text" list="${listId}" aria-label="Person ${index + 1} LoRA ${k + 1}"
+        placeholder="LoRA name or hub id">
+      <input class="fc-lora-scale" type="number" step="0.1" aria-label="Person ${index + 1} LoRA ${k + 1} scale">
+      <button type="button" class="fc-lora-remove" aria-label="Remove person ${index + 1}'s LoRA ${k + 1}">x</button>`;
+    const edit = (fn) => { fn(scene.people[index].loras[k]); commit(`lora-${index}-${k}`); };
+    row.querySelector('.fc-lora-name').addEventListener('input', (e) => edit((l) => { l.name = e.target.value; }));
+    row.querySelector('.fc-lora-scale').addEventListener('input', (e) => edit((l) => {
+      l.scale = e.target.value === '' ? 1 : Number(e.target.value);
+    }));
+    row.querySelector('.fc-lora-remove').addEventListener('click', () => {
+      const person = scene.people[index];
+      person.loras.splice(k, 1);
+      if (!person.loras.length) delete person.loras;
+      commit();
+    });
+    box.appendChild(row);
+  });
+}
+
+function fillLoraRows(card, person) {
+  const loras = person.loras || [];
+  if (card.querySelectorAll('.fc-lora').length !== loras.length) buildLoraRows(card, Number(card.dataset.index));
+  card.querySelectorAll('.fc-lora').forEach((row, k) => {
+    for (const [selector, value] of [['.fc-lora-name', loras[k].name ?? ''], ['.fc-lora-scale', loras[k].scale ?? 1]]) {
+      const input = row.querySelector(selector);
+      if (document.activeElement !== input && input.value !== String(value)) input.value = String(value);
+    }
   });
 }
 
@@ -377,6 +431,7 @@ function fillCards() {
       if (document.activeElement !== input && input.value !== String(value)) input.value = String(value);
     }
     card.querySelector('.fc-words').textContent = wordsNote(person.prompt ?? '', 'No prompt: this person gets the setting only.');
+    fillLoraRows(card, person);
     card.classList.toggle('fc-selected', Number(card.dataset.index) === selected);
   });
   for (const [input, key] of [[settingInput, 'setting'], [negativeInput, 'negative_prompt']]) {

@@ -1,11 +1,13 @@
 """python -m finecontrol.toyworld train --out DIR [--resume] | evaluate --out DIR [--model toy] [--scenes K]
-[--people 2,3,4] [--seed S] [--methods M,...] [--spread F]"""
+[--people 2,3,4] [--seed S] [--methods M,...] [--spread F] | lora train --out DIR | lora evaluate --out DIR"""
 
 import argparse
 import time
 from dataclasses import fields
 from pathlib import Path
 
+from finecontrol.toyworld.lora import add_commands as add_lora_commands
+from finecontrol.toyworld.lora import run_command as run_lora_command
 from finecontrol.toyworld.train import TrainConfig
 
 parser = argparse.ArgumentParser(prog="python -m finecontrol.toyworld", description=__doc__)
@@ -29,9 +31,12 @@ evaluate.add_argument("--people", default="2,3,4")
 evaluate.add_argument("--seed", type=int, default=1234)
 evaluate.add_argument("--methods", default="finecontrol,controlnet,multicontrolnet", help="comma-separated")
 evaluate.add_argument("--spread", type=float, default=1.0, help="distance between people, 0.5: crowded scenes")
+add_lora_commands(commands)  # lora train --out DIR | lora evaluate --out DIR (finecontrol/toyworld/lora.py)
 args = parser.parse_args()
 
-if args.command == "train":
+if args.command == "lora":
+    run_lora_command(args)
+elif args.command == "train":
     from finecontrol.toyworld.train import train as run
 
     settings = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)}

@@ -202,6 +202,7 @@ def build_demo(engine: Engine, annotators: str = DEFAULT_ANNOTATORS) -> gr.Block
                     value=empty_scene(default_negative),
                     vocabulary=engine.vocabulary,
                     examples=engine.examples,
+                    lora_names=engine.lora_names,
                     elem_id="pose-editor",
                 )
                 preset = gr.Textbox(visible=False)

@@ -98,12 +98,16 @@ def empty_scene(negative_prompt: str = DEFAULT_NEGATIVE_PROMPT) -> dict[str, Any
     }
 
 
-def editor_props(vocabulary: tuple[str, ...] = (), examples: tuple[str, str] = DEFAULT_EXAMPLES) -> dict[str, Any]:
+def editor_props(
+    vocabulary: tuple[str, ...] = (), examples: tuple[str, str] = DEFAULT_EXAMPLES, lora_names: tuple[str, ...] = ()
+) -> dict[str, Any]:
     """The constants the editor's script reads as `props.<name>`, all from their Python source;
     `vocabulary`: the only words the model knows (empty: any text), `examples`: a person's prompt
-    and a setting to show as placeholders, in words the model knows."""
+    and a setting to show as placeholders, in words the model knows; `lora_names`: the LoRAs the
+    cards suggest."""
     return {
         "vocabulary": list(vocabulary),
+        "lora_names": list(lora_names),
         "word_pattern": WORD_PATTERN,
         "example_prompt": examples[0],
         "example_setting": examples[1],
@@ -131,6 +135,7 @@ class PoseEditor(gr.HTML):
         value: dict[str, Any] | None = None,
         vocabulary: tuple[str, ...] = (),
         examples: tuple[str, str] = DEFAULT_EXAMPLES,
+        lora_names: tuple[str, ...] = (),
         **kwargs: Any,
     ):
         super().__init__(
@@ -139,7 +144,7 @@ class PoseEditor(gr.HTML):
             css_template=(UI_ASSETS / "pose_editor.css").read_text(encoding="utf-8"),
             js_on_load=(UI_ASSETS / "pose_editor.js").read_text(encoding="utf-8"),
             apply_default_css=False,
-            **editor_props(vocabulary, examples),
+            **editor_props(vocabulary, examples, lora_names),
             **kwargs,
         )
 

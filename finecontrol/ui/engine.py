@@ -31,6 +31,7 @@ from typing import Any, TypeVar
 
 from PIL import Image
 
+from finecontrol.loras import available_loras
 from finecontrol.model_info import unknown_words
 from finecontrol.models import RANDOM_WEIGHT_MODELS
 from finecontrol.pipeline import FineControlPipeline, Generation, StepCallback
@@ -157,6 +158,11 @@ class Engine:
     def vocabulary(self) -> tuple[str, ...]:
         """The only words the model understands; empty: any text."""
         return self.pipe.info.vocabulary if self.pipe else ()
+
+    @property
+    def lora_names(self) -> tuple[str, ...]:
+        """The LoRAs found beside the model (its `loras/` folder and models/loras), for the cards."""
+        return tuple(available_loras(self.pipe)) if self.pipe else ()
 
     @property
     def examples(self) -> tuple[str, str]:

@@ -24,7 +24,9 @@ import gradio as gr
 import numpy as np
 from PIL import Image, ImageOps
 
+from finecontrol.loras import load_lora
 from finecontrol.metadata import read_png, save_png
+from finecontrol.models import ModelNotAvailableError
 from finecontrol.paths import ASSETS
 from finecontrol.pipeline import Generation
 from finecontrol.pose import FACE, LEFT_HAND, PART_KEYPOINTS, RIGHT_HAND, drawn_parts, visible_limbs
@@ -35,7 +37,9 @@ from finecontrol.scene import (
     Scene,
     SceneError,
     brief,
+    format_loras,
     parse_json,
+    parse_loras,
     read_document,
     scene_frame,
     scene_from_dict,
@@ -176,6 +180,14 @@ def check_scene(engine: Engine, value: Any, *knobs: Any) -> None:
                 f"Person {listed} {'is' if len(off) == 1 else 'are'} outside the canvas: nothing of them "
                 "shows, so nothing can be generated for them; drag them back in or delete them."
             )
+        settings = parse_settings(*knobs)
+        names = [ref.name for ref in parse_loras(settings.loras)]
+        names += [ref.name for person in scene.people for ref in person.loras]
+        for name in dict.fromkeys(names):  # loaded now (once), so that a bad LoRA is said before anything runs
+            try:
+                on_torch_thread(load_lora, engine.pipe, name)
+            except (ModelNotAvailableError, ValueError, OSError) as err:
+                raise gr.Error(shown(str(err))) from err  # the loader names the LoRA
     empty = [str(i + 1) for i, person in enumerate(scene.people) if not person.prompt.strip()]
     if empty:
         who = f"Person {empty[0]} has" if len(empty) == 1 else f"People {', '.join(empty)} have"
@@ -210,8 +222,13 @@ def prompts_markdown(result: Generation) -> str:
     ]
     if result.settings.method == "controlnet":
         lines.append(f"- Global prompt: {code_span(p.global_prompt)}")
+        if result.loras and result.loras[0]:  # one branch: everyone's LoRAs
+            lines.append(f"- LoRAs: {code_span(format_loras(result.loras[0]))}")
     else:
-        lines += [f"- Person {i + 1}: {code_span(text)}" for i, text in enumerate(p.people)]
+        for i, text in enumerate(p.people):
+            used = result.loras[i] if i < len(result.loras) else []
+            loras = f" - LoRAs: {code_span(format_loras(used))}" if used else ""
+            lines.append(f"- Person {i + 1}: {code_span(text)}{loras}")
         if result.settings.method == "multicontrolnet":
             lines.append(f"- UNet (global) prompt: {code_span(p.global_prompt)}")
     negatives = sorted(set(p.people_negative) | {p.global_negative})
