@@ -178,6 +178,11 @@ class FineControlPipeline:
         """The paper's defaults, with what this model declares in `info.defaults` applied."""
         return self.info.default_settings()
 
+    def people_off_canvas(self, scene: Scene) -> list[int]:
+        """Indices of the people of whom nothing shows on the canvas, drawn at this model's stroke size."""
+        poses = [p.keypoints for p in scene.people]
+        return people_off_canvas(poses, (scene.width, scene.height), max(self.skeleton_style))
+
     def generation_size(self, scene: Scene, settings: Settings) -> tuple[int, int]:
         """(width, height) in pixels: the settings' override, else the scene's canvas scaled so
         its longer side is the model's native resolution (sides rounded to multiples of 8), else
@@ -284,8 +289,7 @@ class FineControlPipeline:
         settings = settings or Settings()
         if not scene.people:
             raise SceneError("the scene has no people: add at least one person")
-        poses, canvas = [p.keypoints for p in scene.people], (scene.width, scene.height)
-        if off := people_off_canvas(poses, canvas, max(self.skeleton_style)):
+        if off := self.people_off_canvas(scene):
             raise SceneError(
                 f"person {off[0] + 1} is outside the canvas: nothing of them shows; move them in or delete them"
             )

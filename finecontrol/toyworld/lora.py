@@ -173,7 +173,14 @@ def train_lora(
     from tqdm import tqdm
 
     from finecontrol.models import TOY_MODEL, load_model
-    from finecontrol.toyworld.train import Pool, TrainConfig, diffusion_loss, draw_batch, library_versions
+    from finecontrol.toyworld.train import (
+        Pool,
+        TrainConfig,
+        controlled_eps,
+        diffusion_loss,
+        draw_batch,
+        library_versions,
+    )
 
     started = time.time()
     out = Path(out)
@@ -222,16 +229,7 @@ def train_lora(
         batch = draw_batch(pool, latents, tokenizer, scheduler, rng, config)
         with torch.no_grad():
             context = text_encoder(batch.ids)[0]
-            down, mid = controlnet(
-                batch.noisy, batch.t, encoder_hidden_states=context, controlnet_cond=batch.cond, return_dict=False
-            )
-        eps = unet(
-            batch.noisy,
-            batch.t,
-            encoder_hidden_states=context,
-            down_block_additional_residuals=down,
-            mid_block_additional_residual=mid,
-        ).sample
+        eps = controlled_eps(unet, controlnet, batch, context)  # the frozen ControlNet keeps no graph
         loss = diffusion_loss(eps, batch, scheduler, config.min_snr_gamma)
         optimizer.zero_grad()
         loss.backward()

@@ -248,6 +248,21 @@ def vae_loss(vae, x: torch.Tensor, config: TrainConfig, generator: torch.Generat
     )
 
 
+def controlled_eps(unet, controlnet, batch: Batch, context: torch.Tensor) -> torch.Tensor:
+    """The UNet's noise prediction for `batch` given `context`, with the ControlNet's residuals
+    for the batch's skeleton images added."""
+    down, mid = controlnet(
+        batch.noisy, batch.t, encoder_hidden_states=context, controlnet_cond=batch.cond, return_dict=False
+    )
+    return unet(
+        batch.noisy,
+        batch.t,
+        encoder_hidden_states=context,
+        down_block_additional_residuals=down,
+        mid_block_additional_residual=mid,
+    ).sample
+
+
 def diffusion_loss(eps_pred: torch.Tensor, batch: Batch, scheduler, gamma: float) -> torch.Tensor:
     """Min-SNR-gamma weighted epsilon loss."""
     alphas = scheduler.alphas_cumprod[batch.t]
@@ -494,16 +509,7 @@ def train(out: Path | str, resume: bool = False, checkpoint: Path | str | None =
     def controlnet_loss(batch: Batch) -> torch.Tensor:
         with torch.no_grad():
             context = ema_text_encoder(batch.ids)[0]
-        down, mid = controlnet(
-            batch.noisy, batch.t, encoder_hidden_states=context, controlnet_cond=batch.cond, return_dict=False
-        )
-        eps = ema_unet(
-            batch.noisy,
-            batch.t,
-            encoder_hidden_states=context,
-            down_block_additional_residuals=down,
-            mid_block_additional_residual=mid,
-        ).sample
+        eps = controlled_eps(ema_unet, controlnet, batch, context)
         return diffusion_loss(eps, batch, scheduler, config.min_snr_gamma)
 
     run_stage(

@@ -24,13 +24,13 @@ import gradio as gr
 import numpy as np
 from PIL import Image, ImageOps
 
-from finecontrol.loras import load_lora
+from finecontrol.loras import load_scene_loras
 from finecontrol.metadata import read_png, save_png
 from finecontrol.models import ModelNotAvailableError
 from finecontrol.paths import ASSETS
 from finecontrol.pipeline import Generation
 from finecontrol.pose import FACE, LEFT_HAND, PART_KEYPOINTS, RIGHT_HAND, drawn_parts, visible_limbs
-from finecontrol.render import captioned, labelled_grid, mask_overlay, mask_previews, people_off_canvas, upsample_masks
+from finecontrol.render import captioned, labelled_grid, mask_overlay, mask_previews, upsample_masks
 from finecontrol.scene import (
     MAX_PEOPLE,
     Person,
@@ -39,7 +39,6 @@ from finecontrol.scene import (
     brief,
     format_loras,
     parse_json,
-    parse_loras,
     read_document,
     scene_frame,
     scene_from_dict,
@@ -171,23 +170,18 @@ def check_scene(engine: Engine, value: Any, *knobs: Any) -> None:
     reaches the user as a message and never as an error on the output panels."""
     scene = parse_scene(value)
     require_people(scene)
-    parse_settings(*knobs)
+    settings = parse_settings(*knobs)
     if engine.pipe is not None:
-        canvas = (scene.width, scene.height)
-        if off := people_off_canvas([p.keypoints for p in scene.people], canvas, max(engine.pipe.skeleton_style)):
+        if off := engine.pipe.people_off_canvas(scene):
             listed = ", ".join(str(i + 1) for i in off)
             raise gr.Error(
                 f"Person {listed} {'is' if len(off) == 1 else 'are'} outside the canvas: nothing of them "
                 "shows, so nothing can be generated for them; drag them back in or delete them."
             )
-        settings = parse_settings(*knobs)
-        names = [ref.name for ref in parse_loras(settings.loras)]
-        names += [ref.name for person in scene.people for ref in person.loras]
-        for name in dict.fromkeys(names):  # loaded now (once), so that a bad LoRA is said before anything runs
-            try:
-                on_torch_thread(load_lora, engine.pipe, name)
-            except (ModelNotAvailableError, ValueError, OSError) as err:
-                raise gr.Error(shown(str(err))) from err  # the loader names the LoRA
+        try:  # loaded now (each once per model), so that a bad LoRA is said before anything runs
+            on_torch_thread(load_scene_loras, engine.pipe, scene, settings.loras)
+        except (ModelNotAvailableError, ValueError, OSError) as err:
+            raise gr.Error(shown(str(err))) from err  # the loader names the LoRA
     empty = [str(i + 1) for i, person in enumerate(scene.people) if not person.prompt.strip()]
     if empty:
         who = f"Person {empty[0]} has" if len(empty) == 1 else f"People {', '.join(empty)} have"
@@ -291,8 +285,8 @@ def _run_with_previews(
 def generate(
     engine: Engine,
     value: Any,
-    setting: str,
-    negative: str,
+    setting: str | None,
+    negative: str | None,
     *knobs: Any,
     progress: Callable = lambda *a, **k: None,
     cancel: threading.Event | None = None,
@@ -322,8 +316,8 @@ def generate(
 def compare(
     engine: Engine,
     value: Any,
-    setting: str,
-    negative: str,
+    setting: str | None,
+    negative: str | None,
     extra_seeds: Any,
     *knobs: Any,
     progress: Callable = lambda *a, **k: None,
