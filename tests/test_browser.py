@@ -242,6 +242,8 @@ def test_importing_plain_openpose_keeps_the_negative_prompt_and_counts_in_words(
     page.click("text=Import / export")
     page.locator("#import-file input[type=file]").set_input_files(str(plain))
     expect(page.get_by_text("Imported 1 person from openpose.json.")).to_be_visible(timeout=30_000)
+    # the toast is sent while the handler runs, the editor's new value after it returns
+    expect(page.locator(".fc-card[data-index='0']")).to_be_visible(timeout=30_000)
     assert len(scene(page)["people"]) == 1
     expect(page.locator("#negative textarea")).to_have_value("blurry, extra limbs")
 

@@ -4,11 +4,12 @@
     python -m finecontrol.toyworld lora evaluate --out DIR [--lora FILE] [--scenes 64] [--seed 4321]
 
 (or `python -m finecontrol.toyworld.lora train|evaluate ...`). The toy world never draws stripes:
-`draw_striped_person` draws a person as `world.draw_person` does, then paints every other band of
-`STRIPE_PERIOD // 2` image rows of the body (not the head) white. The period is 16 px (two latent
-cells of the toy VAE per band) because the toy VAE, trained on plain figures only, blurs finer
-stripes away: encoded and decoded, 4 or 8 px stripes come back as plain pale figures, 16 px
-stripes as visible bands (see `vae_carries_stripes`).
+`draw_striped_person` draws a person as `world.draw_person` does, then cuts every other band of
+`STRIPE_PERIOD // 2` image rows out of the body (not the head), so the body is bands of the
+person's colour with what lies behind showing between them. The bands keep the person's colour
+(white or dark bands would pull the colour vote of identity scoring to pink or purple once the
+toy VAE blends them). The period is 16 px (two latent cells of the toy VAE per band) because the
+toy VAE, trained on plain figures only, blurs finer stripes away (see `vae_carries_stripes`).
 
 Training freezes the toy model and trains a rank-8 PEFT LoRA on the UNet's attention, feed-forward
 and resnet convolution layers (not the ControlNet, which conditions the UNet with its residuals
@@ -42,13 +43,12 @@ from finecontrol.toyworld.world import (
 )
 
 LORA_NAME = "stripes"
-STRIPE_PERIOD = 16  # image rows per light + coloured band pair
-STRIPE_COLOR = (255, 255, 255)
-# A person is striped when the luminance along their body swings by more than this at the stripe
-# period (amplitude of the profile's Fourier component, 0-255 units; plain figures: ~0 drawn,
-# < 10 through the VAE; striped: ~100 drawn, ~20-80 through the VAE).
-STRIPE_THRESHOLD = 15.0
-LUMA = np.array([0.299, 0.587, 0.114], np.float32)
+STRIPE_PERIOD = 16  # image rows per coloured + cut-out band pair
+# A person is striped when their body's distance from the drawn background swings by more than
+# this down the rows at the stripe period (amplitude of the profile's Fourier component, RGB
+# distance units; plain figures: 0 drawn, 90 % below 21 through the toy VAE; striped: 90 % above
+# 85 drawn, above 60 through the VAE).
+STRIPE_THRESHOLD = 40.0
 # The UNet layers the LoRA adapts: attention projections, feed-forward, the transformer's
 # in/out projections and the resnets' convolutions, in the down, mid and up blocks.
 TARGET_MODULES = (
@@ -69,16 +69,18 @@ def body_region(pose: np.ndarray) -> np.ndarray:
 
 
 def stripe_rows(period: int = STRIPE_PERIOD) -> np.ndarray:
-    """(SIZE,) bool: the image rows of the light bands (the first half of every period)."""
+    """(SIZE,) bool: the image rows cut out of a striped body (the first half of every period)."""
     return (np.arange(SIZE) % period) < period // 2
 
 
 def draw_striped_person(
     image: np.ndarray, pose: np.ndarray, color: tuple[int, int, int], period: int = STRIPE_PERIOD
 ) -> None:
-    """`draw_person`, then the body's rows in the light bands painted `STRIPE_COLOR`, in place."""
+    """`draw_person`, with the body's pixels in the cut-out rows left as they were, in place."""
+    behind = image.copy()
     draw_person(image, pose, color)
-    image[body_region(pose) & stripe_rows(period)[:, None]] = STRIPE_COLOR
+    cut = body_region(pose) & stripe_rows(period)[:, None]
+    image[cut] = behind[cut]
 
 
 def render_striped_scene(
@@ -99,24 +101,27 @@ def render_striped_scene(
 # Detecting
 
 
-def stripe_score(image: np.ndarray, mask: np.ndarray, period: int = STRIPE_PERIOD) -> float:
-    """How strongly the image's luminance on `mask` alternates down the rows at `period`: the
-    amplitude (0-255 units) of that Fourier component of the row-mean profile, less its linear
-    trend, over the rows the mask covers. The phase is free, so stripes shifted by a few rows score the same."""
+def stripe_score(image: np.ndarray, mask: np.ndarray, background: np.ndarray, period: int = STRIPE_PERIOD) -> float:
+    """How strongly the image's distance from `background` (an RGB colour) on `mask` alternates
+    down the rows at `period`: the amplitude of that Fourier component of the row-mean profile,
+    less its linear trend, over the rows the mask covers. The phase is free, so stripes shifted by
+    a few rows score the same."""
     rows = np.nonzero(mask.any(axis=1))[0]
     if len(rows) < period // 2:
         return 0.0
-    luma = image.astype(np.float32) @ LUMA
-    profile = np.array([luma[y][mask[y]].mean() for y in rows])
-    profile -= np.polyval(np.polyfit(rows, profile, 1), rows)  # a slow trend (darker legs) is not stripes
+    distance = np.linalg.norm(image.astype(np.float32) - np.asarray(background, np.float32), axis=2)
+    profile = np.array([distance[y][mask[y]].mean() for y in rows])
+    profile -= np.polyval(np.polyfit(rows, profile, 1), rows)  # a slow trend (shaded legs) is not stripes
     return float(2 * abs(np.sum(profile * np.exp(-2j * np.pi * rows / period))) / len(rows))
 
 
 def person_stripes(image: np.ndarray, toy: ToyScene, period: int = STRIPE_PERIOD) -> list[float]:
-    """`stripe_score` of each person on their thin body mask (`evaluate.body_masks`)."""
-    from finecontrol.toyworld.evaluate import body_masks
+    """`stripe_score` of each person on their thin body mask (`evaluate.body_masks`), against the
+    background the image drew (`evaluate.drawn_background`)."""
+    from finecontrol.toyworld.evaluate import body_masks, drawn_background
 
-    return [stripe_score(image, mask, period) for mask in body_masks(toy.poses)]
+    background = drawn_background(image.astype(np.float32), toy.poses)
+    return [stripe_score(image, mask, background, period) for mask in body_masks(toy.poses)]
 
 
 def vae_carries_stripes(vae, scenes: int = 32, seed: int = 0, period: int = STRIPE_PERIOD) -> dict:
@@ -250,7 +255,7 @@ def train_lora(
     )
     seconds = time.time() - started
     record = {
-        "what": "toy-world LoRA: people drawn with horizontal white stripes",
+        "what": "toy-world LoRA: people drawn in horizontal bands of their colour, the background between",
         "settings": {
             "steps": steps,
             "rank": rank,
