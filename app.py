@@ -1,4 +1,5 @@
-"""FineControl Studio: `python app.py [--model tiny|sd15|HUB_ID|FOLDER] [--host 127.0.0.1] [--port 7860]`.
+"""FineControl Studio: `python app.py [--model toy|tiny|tiny-sdxl|sd15|sdxl|HUB_ID|FOLDER|FILE.safetensors]
+[--host 127.0.0.1] [--port 7860]`.
 
 Parses flags, loads the model once, builds the UI and launches it with a queue. The model
 defaults to $FINECONTROL_MODEL, else the real SD1.5 + OpenPose ControlNet pair when CUDA is
@@ -41,7 +42,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--model",
         default=default_model(),
-        help="toy, tiny, sd15, a hub id or a local folder (default: $FINECONTROL_MODEL, else sd15 with CUDA, else toy)",
+        help="toy, tiny, tiny-sdxl, sd15, sdxl, a hub id, a local folder or a single-file checkpoint "
+        "(default: $FINECONTROL_MODEL, else sd15 with CUDA, else toy)",
     )
     parser.add_argument(
         "--controlnet", default=os.environ.get("FINECONTROL_CONTROLNET"), help="OpenPose ControlNet hub id or folder"

@@ -41,7 +41,9 @@ def _numbers(text: str) -> list[int]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
-        "--model", help="tiny, sd15-random, toy, sd15, a hub id or a folder (default: tiny; --gpu: sd15-random)"
+        "--model",
+        help="tiny, tiny-sdxl, sd15-random, sdxl-random, toy, sd15, sdxl, a hub id or a folder "
+        "(default: tiny; --gpu: sd15-random)",
     )
     parser.add_argument("--device")
     parser.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], help="(default: the model's; --gpu: fp16)")

@@ -84,11 +84,14 @@ def _common(parser: argparse.ArgumentParser, toy: dict) -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument(
         "--model",
-        help="toy, tiny, sd15, sd15-random, a hub id or a local folder (default: toy, else tiny); "
-        "tiny and sd15-random have random weights: their images are noise",
+        help="toy, tiny, tiny-sdxl, sd15, sd15-random, sdxl, a hub id, a local folder or a single-file "
+        "checkpoint (FILE.safetensors) (default: toy, else tiny); tiny, tiny-sdxl and sd15-random have "
+        "random weights: their images are noise",
     )
     parser.add_argument(
-        "--controlnet", help="OpenPose ControlNet hub id or folder (default: lllyasviel/control_v11p_sd15_openpose)"
+        "--controlnet",
+        help="OpenPose ControlNet hub id or folder (default: lllyasviel/control_v11p_sd15_openpose for SD1.x, "
+        "xinsir/controlnet-openpose-sdxl-1.0 for SDXL)",
     )
     parser.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
     parser.add_argument(

@@ -91,15 +91,15 @@ def unit_cost(pipe: FineControlPipeline, size: int, repeats: int = 3) -> UnitCos
     """FLOPs and median wall seconds of one UNet and one ControlNet forward at batch 1."""
     side = size // pipe.vae_scale
     latents = torch.randn(1, pipe.unet.config.in_channels, side, side, device=pipe.device, dtype=pipe.dtype)
-    context = pipe.encode_prompts([""])
+    context = pipe.encode_prompts([""]).with_size(size, size).kwargs()
     control = torch.zeros(1, 3, size, size, device=pipe.device, dtype=pipe.dtype)
     t = torch.tensor(500, device=pipe.device)
 
     def unet():
-        return pipe.unet(latents, t, encoder_hidden_states=context, return_dict=False)
+        return pipe.unet(latents, t, **context, return_dict=False)
 
     def controlnet():
-        return pipe.controlnet(latents, t, encoder_hidden_states=context, controlnet_cond=control, return_dict=False)
+        return pipe.controlnet(latents, t, **context, controlnet_cond=control, return_dict=False)
 
     flops, seconds = {}, {}
     with torch.no_grad():

@@ -72,6 +72,10 @@ def resolve_lora(pipe, name: str) -> str:
 
 def load_lora(pipe, name: str) -> LoadedLora:
     """The LoRA `name` as an adapter on `pipe`'s UNet (and text encoder), loaded on first use."""
+    if pipe.is_sdxl:
+        raise LoraNotAvailableError(
+            f"{name}: LoRAs work with Stable Diffusion 1.x models only for now, not with this SDXL model"
+        )
     source = resolve_lora(pipe, name)
     if source in pipe.loras:
         return pipe.loras[source]

@@ -18,6 +18,7 @@ MODEL_INFO = "finecontrol.json"
 # the browser (a JavaScript regular expression with the u flag).
 WORD_PATTERN = r"[\p{L}\p{N}]+"
 _WORD = re.compile(r"[^\W_]+")
+STROKE_SCALINGS = ("fixed", "xinsir")
 MAX_DRAWING_PIXELS = 64  # largest stick width or joint radius (the annotator's are 4)
 
 
@@ -29,6 +30,9 @@ class ModelInfo:
         that size unless the settings give width and height. None: at the canvas size.
     stick_width, joint_radius: how its control images are drawn, 1..MAX_DRAWING_PIXELS pixels
         (default: the OpenPose annotator's 4 and 4, what the public OpenPose ControlNets were trained on).
+    stroke_scaling: "fixed" (those sizes at any image size) or "xinsir" (multiplied by
+        `render.stroke_ratio` of the image's size, as xinsir's SDXL OpenPose ControlNet's training
+        poses were drawn: 3x at 1024 px).
     vocabulary: the only words the model understands (the toy model); empty: any text.
     defaults: Settings values that replace the paper's defaults for this model.
     negative_prompt: the app's default negative prompt for this model; None: the paper's.
@@ -38,6 +42,7 @@ class ModelInfo:
     resolution: int | None = None
     stick_width: int = ANNOTATOR_STICK_WIDTH
     joint_radius: int = ANNOTATOR_JOINT_RADIUS
+    stroke_scaling: str = "fixed"
     vocabulary: tuple[str, ...] = ()
     defaults: dict[str, Any] = field(default_factory=dict)
     negative_prompt: str | None = None
@@ -49,6 +54,11 @@ class ModelInfo:
         object.__setattr__(self, "vocabulary", tuple(self.vocabulary))
         for name in ("stick_width", "joint_radius"):
             _check_whole(name, getattr(self, name), 1, MAX_DRAWING_PIXELS)
+        if self.stroke_scaling not in STROKE_SCALINGS:
+            raise SettingsError(
+                f"{MODEL_INFO}: stroke_scaling must be one of {', '.join(STROKE_SCALINGS)}, "
+                f"got {brief(self.stroke_scaling)}"
+            )
         if self.resolution is not None:
             _check_whole("resolution", self.resolution, MIN_CANVAS, MAX_CANVAS)
         if not all(isinstance(word, str) for word in self.vocabulary):

@@ -1,5 +1,8 @@
 """FineControlPipeline: per-person prompts and skeletons -> one image (FineControlNet, h-control).
 
+It runs Stable Diffusion 1.x and SDXL models (SDXL: two text encoders, a pooled prompt embedding
+and size "time ids" per branch, passed to the ControlNet and the UNet as diffusers' SDXL pipelines do).
+
 One denoising loop serves the paper's method, its every-layer variant and the two baselines, so
 one seed gives comparable images:
 - `finecontrol`: one ControlNet+UNet branch per person (own prompt, own skeleton) on the same
@@ -32,13 +35,22 @@ from finecontrol.fusion import FeatureComposer, MaskPyramid, compose_residuals, 
 from finecontrol.lora_mixing import LoraMix
 from finecontrol.model_info import ModelInfo
 from finecontrol.pose import drawn_parts
-from finecontrol.render import hard_masks, harmony_steps, people_off_canvas, scene_maps, soft_masks, uses_soft_masks
+from finecontrol.render import (
+    hard_masks,
+    harmony_steps,
+    people_off_canvas,
+    scene_maps,
+    soft_masks,
+    stroke_ratio,
+    uses_soft_masks,
+)
 from finecontrol.scene import LoraRef, Scene, SceneError, parse_loras
 from finecontrol.settings import COMPOSING_METHODS, Settings
 
 StepCallback = Callable[[int, int, torch.Tensor], None]
 """Called after each step with (step index from 0, total steps, current x0 estimate latents)."""
 
+ZEROS = ("", "zeros")  # the prompt cache's key of SDXL's all-zero "no negative prompt"
 PROMPT_CACHE_SIZE = 128  # distinct texts whose embeddings are kept (about 0.1 MB each for SD1.5 in fp16)
 # Bytes of activations one ControlNet + UNet branch (one batch item) needs at inference, per latent
 # pixel and per byte of the compute dtype: SD1.5 at 512 px in fp32 on CPU peaks 250 MiB above the
@@ -65,6 +77,46 @@ class Prompts:
     people_negative: list[str]
     global_prompt: str
     global_negative: str
+
+
+@dataclass
+class Conditioning:
+    """The text conditioning of a batch of branches, one row per batch item.
+
+    hidden: (B, 77, D) per-token embeddings (SDXL: both text encoders' penultimate layers, concatenated).
+    pooled: (B, P) the pooled embedding of SDXL's second text encoder; None for SD1.x.
+    time_ids: (B, 6) SDXL's size conditioning (original height, width, crop top, left, target
+        height, width); None for SD1.x.
+    """
+
+    hidden: torch.Tensor
+    pooled: torch.Tensor | None = None
+    time_ids: torch.Tensor | None = None
+
+    def __getitem__(self, rows) -> Conditioning:
+        return Conditioning(
+            *(None if part is None else part[rows] for part in (self.hidden, self.pooled, self.time_ids))
+        )
+
+    def __len__(self) -> int:
+        return self.hidden.shape[0]
+
+    def kwargs(self) -> dict:
+        """The keyword arguments a diffusers UNet or ControlNet forward takes for this conditioning."""
+        if self.pooled is None:
+            return {"encoder_hidden_states": self.hidden}
+        return {
+            "encoder_hidden_states": self.hidden,
+            "added_cond_kwargs": {"text_embeds": self.pooled, "time_ids": self.time_ids},
+        }
+
+    def with_size(self, height: int, width: int) -> Conditioning:
+        """SDXL: the time ids of an image generated whole at height x width (no crop), as
+        diffusers' SDXL pipelines build them by default; SD1.x: unchanged."""
+        if self.pooled is None:
+            return self
+        ids = torch.tensor([height, width, 0, 0, height, width], device=self.hidden.device, dtype=self.hidden.dtype)
+        return Conditioning(self.hidden, self.pooled, ids.expand(len(self), -1))
 
 
 def join_prompt(prompt: str, setting: str, suffix: str) -> str:
@@ -109,25 +161,48 @@ class _Branches:
 
     people: int  # ControlNet copies per half
     halves: int  # 2: unconditional then conditional; 1: conditional only (guidance_scale 1)
-    controlnet_context: torch.Tensor
+    controlnet_context: Conditioning
     control_images: torch.Tensor
     control_scales: torch.Tensor
-    unet_context: torch.Tensor
+    unet_context: Conditioning
     masks: list[MaskPyramid] = field(default_factory=list)  # [early, late], finecontrol only
     loras: LoraMix | None = None  # each UNet batch row's LoRA scales; None: no LoRA acts
 
 
 class FineControlPipeline:
-    """Stable Diffusion 1.x + an OpenPose ControlNet, run per person and composed with masks."""
+    """Stable Diffusion 1.x or SDXL + an OpenPose ControlNet, run per person and composed with masks."""
 
-    def __init__(self, vae, text_encoder, tokenizer, unet, controlnet, scheduler, info: ModelInfo | None = None):
+    def __init__(
+        self,
+        vae,
+        text_encoder,
+        tokenizer,
+        unet,
+        controlnet,
+        scheduler,
+        info: ModelInfo | None = None,
+        text_encoder_2=None,
+        tokenizer_2=None,
+        force_zeros_for_empty_prompt: bool = True,
+    ):
         """diffusers components plus `info`, what the model folder's `finecontrol.json` declares
-        (native resolution, control-image style, vocabulary, default settings)."""
+        (native resolution, control-image style, vocabulary, default settings). SDXL models (a UNet
+        with `addition_embed_type="text_time"`) also take `text_encoder_2` (CLIPTextModelWithProjection)
+        and `tokenizer_2`; `force_zeros_for_empty_prompt` (SDXL only, as in its model_index.json):
+        an empty negative prompt is all-zero embeddings rather than the encoded empty text."""
         self.vae, self.text_encoder, self.tokenizer = vae, text_encoder, tokenizer
         self.unet, self.controlnet, self.scheduler = unet, controlnet, scheduler
+        self.text_encoder_2, self.tokenizer_2 = text_encoder_2, tokenizer_2
+        self.is_sdxl = unet.config.get("addition_embed_type") == "text_time"
+        if self.is_sdxl != (text_encoder_2 is not None and tokenizer_2 is not None):
+            raise ValueError(
+                "an SDXL UNet needs text_encoder_2 and tokenizer_2, and only an SDXL UNet takes them"
+                if self.is_sdxl
+                else "text_encoder_2 and tokenizer_2 are for SDXL UNets (addition_embed_type 'text_time')"
+            )
+        self.zero_empty_negative = self.is_sdxl and force_zeros_for_empty_prompt
         self.info = info or ModelInfo()
         self.resolution = self.info.resolution
-        self.skeleton_style = (self.info.stick_width, self.info.joint_radius)
         self.vae_scale = 2 ** (len(vae.config.block_out_channels) - 1)
         self.num_residuals = len(controlnet.controlnet_down_blocks)
         expected = 1 + sum(len(b.resnets) + (b.downsamplers is not None) for b in unet.down_blocks)
@@ -136,11 +211,11 @@ class FineControlPipeline:
         self.split = residual_split(self.num_residuals, unet)
         if scheduler.config.prediction_type != "epsilon":
             raise ValueError("only epsilon-prediction models are supported")
-        for module in (vae, text_encoder, unet, controlnet):
+        for module in self.modules():
             module.eval().requires_grad_(False)
         self.max_batch: int | None = None
         """Most batch items per ControlNet/UNet call; None: all at once on CPU, what fits on CUDA."""
-        self._prompt_cache: OrderedDict[str | tuple, torch.Tensor] = OrderedDict()
+        self._prompt_cache: OrderedDict[str | tuple, tuple[torch.Tensor, torch.Tensor | None]] = OrderedDict()
         self.folder: Path | None = None
         """The model's local folder, when loaded from one (its `loras/` folder is searched for LoRAs)."""
         self.loras: dict = {}
@@ -154,13 +229,24 @@ class FineControlPipeline:
     def dtype(self) -> torch.dtype:
         return self.unet.dtype
 
+    def modules(self) -> list[torch.nn.Module]:
+        """The networks: VAE, text encoder(s), UNet, ControlNet."""
+        encoders = [self.text_encoder] + ([self.text_encoder_2] if self.text_encoder_2 is not None else [])
+        return [self.vae, *encoders, self.unet, self.controlnet]
+
     def to(self, device: str | torch.device, dtype: torch.dtype | None = None) -> FineControlPipeline:
-        for module in (self.vae, self.text_encoder, self.unet, self.controlnet):
+        """Move to `device` and cast to `dtype`, except a VAE whose config says `force_upcast`
+        (SDXL's, which overflows in fp16): it stays in float32 and decodes in float32."""
+        for module in self.modules():
             module.to(device)
-            if dtype is not None and dtype != module.dtype:
-                module.to(dtype)
+            wanted = torch.float32 if module is self.vae and self._vae_needs_fp32(dtype) else dtype
+            if wanted is not None and wanted != module.dtype:
+                module.to(wanted)
         self.clear_caches()
         return self
+
+    def _vae_needs_fp32(self, dtype: torch.dtype | None) -> bool:
+        return dtype in (torch.float16, torch.bfloat16) and bool(self.vae.config.get("force_upcast", False))
 
     def clear_caches(self) -> None:
         """Forget cached prompt embeddings; call after changing the text encoder's weights."""
@@ -170,7 +256,10 @@ class FineControlPipeline:
         """Write every component in diffusers layout (plus `controlnet/` and `finecontrol.json`),
         a folder that `load_model(folder)` reads back."""
         folder = Path(folder)
-        for name in ("vae", "text_encoder", "tokenizer", "unet", "controlnet", "scheduler"):
+        names = ["vae", "text_encoder", "tokenizer", "unet", "controlnet", "scheduler"]
+        if self.is_sdxl:
+            names += ["text_encoder_2", "tokenizer_2"]
+        for name in names:
             getattr(self, name).save_pretrained(folder / name)
         self.info.write(folder)
 
@@ -181,7 +270,14 @@ class FineControlPipeline:
     def people_off_canvas(self, scene: Scene) -> list[int]:
         """Indices of the people of whom nothing shows on the canvas, drawn at this model's stroke size."""
         poses = [p.keypoints for p in scene.people]
-        return people_off_canvas(poses, (scene.width, scene.height), max(self.skeleton_style))
+        return people_off_canvas(
+            poses, (scene.width, scene.height), max(self.stroke_sizes((scene.width, scene.height)))
+        )
+
+    def stroke_sizes(self, size: tuple[int, int]) -> tuple[int, int]:
+        """(stick width, joint radius) of control images drawn at `size` = (W, H), as the model declares."""
+        ratio = stroke_ratio(*size) if self.info.stroke_scaling == "xinsir" else 1
+        return self.info.stick_width * ratio, self.info.joint_radius * ratio
 
     def generation_size(self, scene: Scene, settings: Settings) -> tuple[int, int]:
         """(width, height) in pixels: the settings' override, else the scene's canvas scaled so
@@ -229,35 +325,66 @@ class FineControlPipeline:
         scheduler.set_timesteps(settings.steps, device=self.device)
         return scheduler
 
-    def encode_prompts(self, prompts: list[str], loras: list[tuple] | None = None) -> torch.Tensor:
-        """CLIP embeddings (len(prompts), 77, D). `loras[i]`: the text-encoder LoRAs active for
-        prompt i, ((adapter, scale), ...) (none by default). Each distinct text (with its LoRAs) is
-        encoded once and kept for later calls (the last PROMPT_CACHE_SIZE), so re-generating with
-        the same prompts runs no text encoder."""
+    def encode_prompts(
+        self, prompts: list[str], loras: list[tuple] | None = None, negative: bool | list[bool] = False
+    ) -> Conditioning:
+        """Text embeddings of `prompts` (no time ids yet: `Conditioning.with_size`). SD1.x: CLIP's
+        last layer, (len(prompts), 77, D); SDXL: both encoders' penultimate layers concatenated and
+        the second encoder's pooled embedding, as diffusers' SDXL pipelines encode them.
+        `loras[i]`: the text-encoder LoRAs active for prompt i, ((adapter, scale), ...) (none by
+        default). `negative`: whether the texts (or each text) are negative prompts: on SDXL with
+        `force_zeros_for_empty_prompt`, an empty negative prompt is all zeros. Each distinct text (with its
+        LoRAs) is encoded once and kept for later calls (the last PROMPT_CACHE_SIZE), so
+        re-generating with the same prompts runs no text encoder."""
         cache = self._prompt_cache
+        negatives = negative if isinstance(negative, list) else [negative] * len(prompts)
         pairs = list(zip(prompts, loras or [()] * len(prompts)))
-        keys = [text if not own else (text, own) for text, own in pairs]  # a text alone without LoRAs
-        missing = {key: pair for key, pair in zip(keys, pairs) if key not in cache}
+        keys = [
+            ZEROS if self.zero_empty_negative and neg and not text.strip() else text if not own else (text, own)
+            for (text, own), neg in zip(pairs, negatives)
+        ]  # a text alone without LoRAs
+        missing = {key: pair for key, pair in zip(keys, pairs) if key not in cache and key != ZEROS}
+        if ZEROS in keys and ZEROS not in cache:
+            cache[ZEROS] = self._zero_embeddings()
         for own in dict.fromkeys(own for _, own in missing.values()):  # one text-encoder call per LoRA set
             group = [key for key, (_, other) in missing.items() if other == own]
             texts = [missing[key][0] for key in group]
-            ids = self.tokenizer(
-                texts,
-                padding="max_length",
-                max_length=self.tokenizer.model_max_length,
-                truncation=True,
-                return_tensors="pt",
-            ).input_ids
             mix = LoraMix(self.text_encoder, {name: [scale] * len(texts) for name, scale in own}) if own else None
             with mix or nullcontext():
-                embeddings = self.text_encoder(ids.to(self.device))[0].to(self.dtype)
-            cache.update(zip(group, embeddings))
+                hidden, pooled = self._encode_texts(texts)
+            cache.update((key, (hidden[i], None if pooled is None else pooled[i])) for i, key in enumerate(group))
         for key in keys:
             cache.move_to_end(key)
-        result = torch.stack([cache[key] for key in keys])
+        rows = [cache[key] for key in keys]
+        result = Conditioning(
+            torch.stack([h for h, _ in rows]), None if rows[0][1] is None else torch.stack([p for _, p in rows])
+        )
         while len(cache) > PROMPT_CACHE_SIZE:
             cache.popitem(last=False)
         return result
+
+    def _zero_embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """SDXL's "no negative prompt": (77, D) and (P,) zeros."""
+        width = self.text_encoder.config.hidden_size + self.text_encoder_2.config.hidden_size
+        hidden = torch.zeros(self.tokenizer.model_max_length, width, device=self.device, dtype=self.dtype)
+        return hidden, torch.zeros(self.text_encoder_2.config.projection_dim, device=self.device, dtype=self.dtype)
+
+    def _encode_texts(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(hidden, pooled) of `texts` through the text encoder(s), in the pipeline's dtype."""
+        if not self.is_sdxl:
+            return self.text_encoder(self._token_ids(self.tokenizer, texts))[0].to(self.dtype), None
+        hidden = []
+        for tokenizer, encoder in ((self.tokenizer, self.text_encoder), (self.tokenizer_2, self.text_encoder_2)):
+            output = encoder(self._token_ids(tokenizer, texts), output_hidden_states=True)
+            hidden.append(output.hidden_states[-2])
+        pooled = output[0]  # text_embeds: the second encoder's projected pooled output
+        return torch.cat(hidden, dim=-1).to(self.dtype), pooled.to(self.dtype)
+
+    def _token_ids(self, tokenizer, texts: list[str]) -> torch.Tensor:
+        ids = tokenizer(
+            texts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
+        ).input_ids
+        return ids.to(self.device)
 
     def initial_latents(self, seed: int, size: tuple[int, int], init_noise_sigma: float) -> torch.Tensor:
         """Seeded noise (1, C, h, w), drawn on the CPU so a seed means the same image on any device."""
@@ -304,7 +431,7 @@ class FineControlPipeline:
             latent_size,
             settings.mask_dilation,
             settings.mask_blur,
-            *self.skeleton_style,
+            *self.stroke_sizes((width, height)),
             parts=[drawn_parts(p.parts, settings.pose_parts) for p in scene.people],
         )
         raw_t = torch.from_numpy(raw)
@@ -396,24 +523,26 @@ class FineControlPipeline:
         def per_half(negative: list, positive: list) -> list:
             return negative + positive if halves == 2 else positive
 
+        def encode(negative: list[str], positive: list[str], loras: list[tuple]) -> Conditioning:
+            """Both halves' conditioning (negative first) in one call, at the generation's size."""
+            flags = per_half([True] * len(negative), [False] * len(positive))
+            texts = self.encode_prompts(per_half(negative, positive), per_half(loras, loras), negative=flags)
+            return texts.with_size(*control_image.shape[:2])
+
         own = self._lora_scales(used or [[] for _ in scene.people])  # per person: adapter -> scale
         single = [merged_lora_scales(own)]  # the one branch of the baselines: everyone's LoRAs
         text_loras = [self._text_loras(scales) for scales in own]
-        global_text = [self._text_loras(single[0])] * halves
+        global_text = [self._text_loras(single[0])]
         if settings.method == "controlnet":
-            context = self.encode_prompts(per_half([prompts.global_negative], [prompts.global_prompt]), global_text)
+            context = encode([prompts.global_negative], [prompts.global_prompt], global_text)
             images = self._image_batch([control_image] * halves)
             scales = self._scales([settings.control_strength] * halves)
             return _Branches(1, halves, context, images, scales, context, loras=self._unet_loras(single * halves))
         people = len(scene.people)
         scales = [settings.control_strength if p.control_strength is None else p.control_strength for p in scene.people]
-        context = self.encode_prompts(
-            per_half(prompts.people_negative, prompts.people), per_half(text_loras, text_loras)
-        )
+        context = encode(prompts.people_negative, prompts.people, text_loras)
         if settings.method == "multicontrolnet":
-            unet_context = self.encode_prompts(
-                per_half([prompts.global_negative], [prompts.global_prompt]), global_text
-            )
+            unet_context = encode([prompts.global_negative], [prompts.global_prompt], global_text)
             masks, unet_loras = [], self._unet_loras(single * halves)
         else:
             unet_context = context
@@ -485,13 +614,13 @@ class FineControlPipeline:
     def _predict_noise(self, method, branches, latents, t, masks, composer, chunk=None) -> torch.Tensor:
         """eps of each guidance half, (halves, C, h, w) (unconditional first), from one ControlNet
         and one UNet call over the whole batch, or calls of `chunk` items each."""
-        batch = branches.controlnet_context.shape[0]
+        batch = len(branches.controlnet_context)
         chunk = chunk or batch
         parts = [
             self.controlnet(
                 latents.expand(stop - start, -1, -1, -1),
                 t,
-                encoder_hidden_states=branches.controlnet_context[start:stop],
+                **branches.controlnet_context[start:stop].kwargs(),
                 controlnet_cond=branches.control_images[start:stop],
                 conditioning_scale=branches.control_scales[start:stop],
                 return_dict=False,
@@ -512,13 +641,13 @@ class FineControlPipeline:
             return self.unet(
                 latents.expand(stop - start, -1, -1, -1),
                 t,
-                encoder_hidden_states=branches.unet_context[start:stop],
+                **branches.unet_context[start:stop].kwargs(),
                 down_block_additional_residuals=[d[start:stop] for d in down],
                 mid_block_additional_residual=mid[start:stop],
                 return_dict=False,
             )[0]
 
-        batch = branches.unet_context.shape[0]
+        batch = len(branches.unet_context)
         if chunk >= batch:
             return unet(0, batch)
         if method == "finecontrol-all":  # every layer composes a half's people: chunks of whole halves

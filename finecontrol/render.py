@@ -155,6 +155,16 @@ def skeleton_image(
     return canvas
 
 
+def stroke_ratio(width: int, height: int) -> int:
+    """How much thicker xinsir's SDXL OpenPose ControlNet wants the annotator's strokes (stick width
+    and joint radius) on an image of width x height, as its model card draws its training poses:
+    1 below 500 px on the longer side, 2 below 1000, then one more per 1000 px, at most 7."""
+    longer = max(width, height)
+    if longer < 500:
+        return 1
+    return 2 if longer < 1000 else min(7, 2 + longer // 1000)
+
+
 def people_off_canvas(
     poses: list[np.ndarray], canvas_size: tuple[int, int], stroke: int = ANNOTATOR_STICK_WIDTH
 ) -> list[int]:

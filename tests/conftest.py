@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from finecontrol.models import load_model, tiny_pipeline
+from finecontrol.models import load_model, tiny_pipeline, tiny_sdxl_pipeline
 from finecontrol.pose import template_pose
 from finecontrol.scene import Person, Scene
 
@@ -13,6 +13,12 @@ torch.set_num_threads(2)
 def tiny():
     """The SD-shaped tiny random model, built once for the whole run."""
     return tiny_pipeline()
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl():
+    """The SDXL-shaped tiny random model, built once for the whole run."""
+    return tiny_sdxl_pipeline()
 
 
 @pytest.fixture(scope="session")

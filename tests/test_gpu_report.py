@@ -77,3 +77,15 @@ def test_the_faster_variants_give_the_same_image(two_people, variant):
         got = fast(two_people, replace(settings, method=method)).latents
         assert_close(got, expected, atol=1e-4 * expected.abs().max().item())
     assert torch.isfinite(got).all()
+
+
+def test_gpu_report_runs_an_sdxl_model(tmp_path):
+    """`--gpu --model sdxl-random --size 1024` on a GPU; here its code path on tiny-sdxl."""
+    out = tmp_path / "gpu_sdxl.json"
+    main(
+        ["--gpu", "--device", "cpu", "--model", "tiny-sdxl", "--dtype", "bf16", "--size", "64", "--people", "1,2"]
+        + ["--methods", "finecontrol", "--steps", "2", "--variants", "eager", "--json", str(out)]
+    )
+    doc = json.loads(out.read_text())
+    assert [(r["people"], r["method"]) for r in doc["runs"]] == [(1, "finecontrol"), (2, "finecontrol")]
+    assert all(r["finite"] for r in doc["runs"]) and 0 < doc["precision"]["relative"] < 0.1

@@ -48,6 +48,11 @@ def diffusers_reference(pipe, prompt, negative, image, latents, settings):
         feature_extractor=None,
         requires_safety_checker=False,
     )
+    return run_reference(reference, prompt, negative, image, latents, settings)
+
+
+def run_reference(reference, prompt, negative, image, latents, settings):
+    """A diffusers ControlNet pipeline's final latents for one prompt and control image."""
     reference.set_progress_bar_config(disable=True)
     return reference(
         prompt=prompt,
@@ -98,22 +103,26 @@ def test_with_one_person_all_methods_agree(tiny):
         assert_close(results[0], other, atol=1e-5)
 
 
+@pytest.mark.parametrize("model", ["tiny", "tiny_sdxl"])
 @pytest.mark.parametrize("method", ["finecontrol", "finecontrol-all"])
-def test_identical_people_equal_one_person(tiny, method):
+def test_identical_people_equal_one_person(request, model, method):
+    pipe = request.getfixturevalue(model)
     one = make_scene([("walking", "an astronaut", 256.0)])
     three = Scene(people=[one.people[0]] * 3)
-    latents = latents_for(tiny, one)
-    single = tiny(one, Settings(method=method, **FAST), latents=latents.clone()).latents
-    triple = tiny(three, Settings(method=method, **FAST), latents=latents.clone()).latents
+    latents = latents_for(pipe, one)
+    single = pipe(one, Settings(method=method, **FAST), latents=latents.clone()).latents
+    triple = pipe(three, Settings(method=method, **FAST), latents=latents.clone()).latents
     assert_close(single, triple, atol=1e-4)
 
 
+@pytest.mark.parametrize("model", ["tiny", "tiny_sdxl"])
 @pytest.mark.parametrize("method", ["finecontrol", "finecontrol-all"])
-def test_reordering_people_leaves_the_image_unchanged(tiny, two_people, method):
-    latents = latents_for(tiny, two_people)
+def test_reordering_people_leaves_the_image_unchanged(request, model, two_people, method):
+    pipe = request.getfixturevalue(model)
+    latents = latents_for(pipe, two_people)
     swapped = Scene(people=two_people.people[::-1], setting=two_people.setting)
-    a = tiny(two_people, Settings(method=method, **FAST), latents=latents.clone()).latents
-    b = tiny(swapped, Settings(method=method, **FAST), latents=latents.clone()).latents
+    a = pipe(two_people, Settings(method=method, **FAST), latents=latents.clone()).latents
+    b = pipe(swapped, Settings(method=method, **FAST), latents=latents.clone()).latents
     assert_close(a, b, atol=1e-4)
 
 
@@ -162,7 +171,7 @@ def reference_eps(pipe, branches, z, t, masks, compose_at):
             pipe.controlnet(
                 z,
                 t,
-                encoder_hidden_states=branches.controlnet_context[[i]],
+                **branches.controlnet_context[[i]].kwargs(),
                 controlnet_cond=branches.control_images[[i]],
                 conditioning_scale=branches.control_scales[i].item(),
                 return_dict=False,
@@ -184,7 +193,7 @@ def reference_eps(pipe, branches, z, t, masks, compose_at):
                     pipe.unet(
                         z,
                         t,
-                        encoder_hidden_states=branches.unet_context[[i]],
+                        **branches.unet_context[[i]].kwargs(),
                         down_block_additional_residuals=[d[[j]] for d in down],
                         mid_block_additional_residual=mid[[j]],
                         return_dict=False,
@@ -250,7 +259,7 @@ def test_every_layer_variant_composes_each_transformer_block_output_and_keeps_h_
         down, _ = tiny.controlnet(
             z.expand(4, -1, -1, -1),
             t,
-            encoder_hidden_states=branches.controlnet_context,
+            **branches.controlnet_context.kwargs(),
             controlnet_cond=branches.control_images,
             conditioning_scale=branches.control_scales,
             return_dict=False,

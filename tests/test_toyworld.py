@@ -265,7 +265,7 @@ def test_a_freshly_trained_model_runs_in_the_engine_and_the_app(micro_trained, t
     monkeypatch.setattr(models, "TOY_MODEL", micro_trained)
     assert models.offline_default() == "toy"
     pipe = models.load_model("toy", device="cpu")
-    assert pipe.resolution == 64 and pipe.skeleton_style == (1, 2)
+    assert pipe.resolution == 64 and pipe.stroke_sizes((64, 64)) == (1, 2)
     defaults = pipe.default_settings()
     declared = json.loads((micro_trained / "finecontrol.json").read_text())
     assert declared["defaults"] and all(getattr(defaults, k) == v for k, v in declared["defaults"].items())

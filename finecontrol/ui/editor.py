@@ -32,6 +32,9 @@ CANVAS_SIZES = (
     (768, 768, "768 x 768"),
     (512, 768, "portrait 512 x 768"),
     (768, 512, "landscape 768 x 512"),
+    (1024, 1024, "1024 x 1024 (SDXL)"),
+    (832, 1216, "portrait 832 x 1216 (SDXL)"),
+    (1216, 832, "landscape 1216 x 832 (SDXL)"),
 )
 ROTATE_STEP = 15  # degrees per click of Rotate left / Rotate right
 # A person's prompt and a setting shown as placeholders, for models that understand any text.

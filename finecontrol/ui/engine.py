@@ -177,12 +177,15 @@ class Engine:
         if self.error:
             name, reason = code_span(Path(self.name).name or self.name), code_span(without_server_paths(self.error))
             return f"**Model {name} could not be loaded** - {reason}"
-        where = f"{self.pipe.device.type}, {str(self.pipe.dtype).replace('torch.', '')}"
+        pipe = self.pipe
+        kind = "SDXL" if pipe.is_sdxl else "SD 1.x"
+        size = f"native {pipe.resolution} px" if pipe.resolution else "generated at the canvas size"
+        where = f"{kind}, {size}; {pipe.device.type}, {str(pipe.dtype).replace('torch.', '')}"
         text = f"Model: **`{Path(self.name).name or self.name}`** ({where})"
         if self.random_weights:
             text += (
                 " - random weights (untrained): its images are noise, not pictures; they show the "
-                "plumbing (masks, prompts, speed). Run with `--model sd15` for real images."
+                "plumbing (masks, prompts, speed). Run with `--model sd15` or `--model sdxl` for real images."
             )
         if self.knows_words:
             text += (
