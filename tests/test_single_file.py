@@ -102,10 +102,16 @@ def test_an_sdxl_checkpoint_is_generated_at_1024_with_its_default_controlnet_str
     assert loaded.info.stroke_scaling == "fixed"  # not xinsir's ControlNet
 
 
-def test_an_sd15_checkpoint_without_its_controlnet_fails_fast_offline_naming_the_download(tiny, offline):
-    checkpoint, _ = write_checkpoint(tiny, "sd15", offline)
+@pytest.mark.parametrize(
+    "kind, default_controlnet",
+    [("sd15", "lllyasviel/control_v11p_sd15_openpose"), ("sdxl", "xinsir/controlnet-openpose-sdxl-1.0")],
+)
+def test_a_checkpoint_without_its_controlnet_fails_fast_offline_naming_its_architectures_download(
+    kind, default_controlnet, tiny, tiny_sdxl, offline
+):
+    checkpoint, _ = write_checkpoint(tiny_sdxl if kind == "sdxl" else tiny, kind, offline)
     start = time.monotonic()
-    with pytest.raises(ModelNotAvailableError, match="hf download lllyasviel/control_v11p_sd15_openpose"):
+    with pytest.raises(ModelNotAvailableError, match=f"hf download {default_controlnet}"):
         load_model(str(checkpoint), device="cpu")
     assert time.monotonic() - start < 10
 
