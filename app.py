@@ -53,6 +53,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=os.environ.get("FINECONTROL_ANNOTATORS", DEFAULT_ANNOTATORS),
         help="OpenPose detector weights for pose-from-photo (hub id or folder)",
     )
+    parser.add_argument(
+        "--clip",
+        default=os.environ.get("FINECONTROL_CLIP"),
+        help="CLIP folder or hub id whose identity scores are shown under each result, when it is here "
+        "(default: openai/clip-vit-base-patch32 if in the hub cache; the toy model shows its colour check)",
+    )
     parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
     parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
     return parser.parse_args(argv)
@@ -62,7 +68,7 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("finecontrol").setLevel(logging.INFO)  # ours at INFO; libraries' (httpx...) at WARNING
     args = parse_args()
-    engine = Engine.load(args.model, args.controlnet)
+    engine = Engine.load(args.model, args.controlnet, clip=args.clip)
     if engine.error:
         log.warning("model %s could not be loaded; the app starts and says why: %s", args.model, engine.error)
     else:

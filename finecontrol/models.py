@@ -238,12 +238,13 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
 DEFAULT_ANNOTATORS = "lllyasviel/Annotators"
 
 
-def load_pose_detector(source: str = DEFAULT_ANNOTATORS):
+def load_pose_detector(source: str = DEFAULT_ANNOTATORS, hands_and_faces: bool = True, device: str | None = None):
     """controlnet_aux's OpenPose detector from a local folder (body_pose_model.pth,
     hand_pose_model.pth, facenet.pth) or the hub; returns `detect(rgb_array) -> people`, each
     person a controlnet_aux PoseResult: the body's 18 keypoints (normalised x, y; None when missing)
-    and the hands and face it found (None when not found; a missing point at negative x or y).
-    Offline without the files it fails fast."""
+    and the hands and face it found (None when not found; a missing point at negative x or y;
+    not looked for without `hands_and_faces`). On `device` if given. Offline without the files it
+    fails fast."""
     from controlnet_aux import OpenposeDetector
 
     if not Path(source).is_dir():
@@ -261,8 +262,11 @@ def load_pose_detector(source: str = DEFAULT_ANNOTATORS):
     else:
         detector = OpenposeDetector.from_pretrained(source)
 
+    if device is not None:
+        detector.to(device)
+
     def detect(image):
-        return detector.detect_poses(image, include_hand=True, include_face=True)
+        return detector.detect_poses(image, include_hand=hands_and_faces, include_face=hands_and_faces)
 
     return detect
 

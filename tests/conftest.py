@@ -22,6 +22,43 @@ def tiny_sdxl():
 
 
 @pytest.fixture(scope="session")
+def tiny_clip():
+    """A tiny random CLIPModel and a CLIPProcessor (the tiny model's tokenizer, 32 px images)."""
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
+
+    from finecontrol.models import tiny_tokenizer
+
+    tokenizer = tiny_tokenizer()
+    config = CLIPConfig(
+        text_config=dict(
+            vocab_size=len(tokenizer),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=77,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        ),
+        vision_config=dict(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            image_size=32,
+            patch_size=8,
+        ),
+        projection_dim=16,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = CLIPModel(config).eval()
+    image_processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    return model, CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer)
+
+
+@pytest.fixture(scope="session")
 def toy():
     """The shipped toy model (missing weights raise ModelNotAvailableError: an error, never a skip)."""
     return load_model("toy", device="cpu")
@@ -75,9 +112,9 @@ def app_url(tiny):
 @pytest.fixture(scope="session")
 def toy_app_url(toy):
     """The app on the shipped toy model, as `python app.py` starts it on a CPU machine."""
-    from finecontrol.ui.engine import Engine
+    from finecontrol.ui.engine import Engine, result_scorer
 
-    yield from _serve(Engine(name="toy", pipe=toy))
+    yield from _serve(Engine(name="toy", pipe=toy, scorer=result_scorer(toy)))
 
 
 def _free_port() -> int:

@@ -178,6 +178,8 @@ def test_toy_model_draws_each_typed_colour_on_its_own_skeleton(toy_page):
     drawn = {**scene(page), "setting": "on grass"}  # the setting lives in its own textbox
     score = score_image(image, from_scene(scene_from_dict(drawn)))
     assert score["setting"] and score["identity"] == [True, True, True], score
+    # and the page says so next to each prompt
+    expect(page.locator("#prompts-used li").filter(has_text="colour found ✓")).to_have_count(3)
 
 
 def test_live_previews_show_in_the_result_box_then_the_png(page, tmp_path):
@@ -700,3 +702,28 @@ def test_the_toy_lora_picked_on_person_2s_card_stripes_person_2_only(toy_page):
     image = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
     first, second = person_stripes(image, from_scene(scene_from_dict(scene(page))))
     assert first < STRIPE_THRESHOLD < second, (first, second)
+
+
+def test_a_batch_report_opens_with_every_image_and_requests_nothing_outside(browser, tmp_path):
+    """`batch` on the toy model over the example toy scenes x 3 methods x 2 seeds: report.html
+    opened from disk shows all 24 images and asks for nothing but its own files."""
+    from finecontrol.cli import main
+
+    out = tmp_path / "run"
+    assert main(["batch", "assets/scenes/toy", "--out", str(out), "--model", "toy", "--seeds", "0,1"]) == 0
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    requests, problems = [], []
+    page.on("request", lambda r: requests.append(r.url))
+    page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: problems.append(str(e)))
+    page.goto((out / "report.html").as_uri())
+    images = page.locator("img.result")
+    expect(images).to_have_count(24)
+    page.wait_for_load_state("load")
+    sizes = images.evaluate_all("imgs => imgs.map(i => [i.complete, i.naturalWidth])")
+    assert sizes == [[True, 64]] * 24
+    assert all(urlparse(u).scheme == "file" and u.startswith(out.as_uri()) for u in requests), requests
+    assert len(requests) == 1 + 24  # the page and its images
+    expect(page.get_by_text("a red person").first).to_be_visible()
+    assert problems == []
+    page.close()

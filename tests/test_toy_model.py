@@ -19,8 +19,8 @@ MARGIN_OVER_CONTROLNET = 0.2
 
 
 @pytest.mark.slow
-def test_per_person_prompts_keep_identities_where_one_global_prompt_does_not(toy):
-    results = evaluate(toy, people=[2], scenes=16, seed=2024, methods=("finecontrol", "controlnet"))
+def test_per_person_prompts_keep_identities_where_one_global_prompt_does_not(toy, tmp_path):
+    results = evaluate(toy, people=[2], scenes=16, out=tmp_path, seed=2024, methods=("finecontrol", "controlnet"))
     fine, plain = results["finecontrol"]["2"], results["controlnet"]["2"]
     assert fine["persons"] == plain["persons"] == 32
     assert fine["identity_accuracy"] >= IDENTITY_FLOOR, results
@@ -47,7 +47,7 @@ def test_the_models_own_defaults_replace_the_papers_where_its_folder_declares_th
         assert getattr(defaults, name) == declared.get(name, getattr(paper, name)), name
 
 
-def test_evaluation_runs_at_the_models_defaults(toy):
+def test_evaluation_runs_at_the_models_defaults(toy, tmp_path):
     class Recorder:
         """The toy model, recording the settings it is asked for (and running them with 2 steps)."""
 
@@ -60,11 +60,11 @@ def test_evaluation_runs_at_the_models_defaults(toy):
             self.seen.append(settings)
             return toy(scene, replace(settings, steps=2))
 
-    evaluate(Recorder(), people=[2], scenes=2, methods=("finecontrol", "controlnet"))
+    evaluate(Recorder(), people=[2], scenes=2, out=tmp_path, methods=("finecontrol", "controlnet"))
     assert [(s.method, s.seed) for s in Recorder.seen] == [
         ("finecontrol", 1234),
-        ("finecontrol", 1235),
         ("controlnet", 1234),
+        ("finecontrol", 1235),
         ("controlnet", 1235),
     ]
     assert all(

@@ -228,7 +228,15 @@ def test_the_run_records_its_settings_seed_steps_and_library_versions(micro_trai
     }
     assert record["config"]["pool_size"] == 64 and record["config"]["batch_size"] == 32
     info = json.loads((micro_trained / "finecontrol.json").read_text())
-    app_reads = {"resolution", "stick_width", "joint_radius", "vocabulary", "defaults", "negative_prompt"}
+    app_reads = {
+        "resolution",
+        "stick_width",
+        "joint_radius",
+        "stroke_scaling",
+        "vocabulary",
+        "defaults",
+        "negative_prompt",
+    }
     assert set(info) == app_reads | {"training_minutes"}  # the new records go elsewhere
     assert not (micro_trained / "checkpoint").exists()
 
@@ -288,13 +296,14 @@ def test_a_freshly_trained_model_runs_in_the_engine_and_the_app(micro_trained, t
     presets = sorted(p.stem for p in Path("assets/scenes/toy").glob("*.json"))
     assert shown["Preset scenes"]["samples"] == [[name] for name in presets]
 
-    from finecontrol.toyworld.evaluate import evaluate, write_report
+    from finecontrol.toyworld.evaluate import evaluate, write_summary
 
-    results = evaluate(pipe, people=[2, 3], scenes=2, settings=replace(defaults, steps=2))
+    results = evaluate(pipe, people=[2, 3], scenes=2, out=tmp_path / "eval", settings=replace(defaults, steps=2))
     assert set(results) == {"finecontrol", "controlnet", "multicontrolnet"}
     for by_n in results.values():
         assert set(by_n) == {"2", "3"}
         assert by_n["2"]["persons"] <= 4 and 0 <= by_n["3"]["identity_accuracy"] <= 1
-    write_report(results, tmp_path / "eval")
-    assert (tmp_path / "eval" / "results.png").stat().st_size > 0
-    assert json.loads((tmp_path / "eval" / "results.json").read_text()) == results
+    write_summary(results, tmp_path / "eval")
+    assert (tmp_path / "eval" / "summary.png").stat().st_size > 0
+    assert json.loads((tmp_path / "eval" / "summary.json").read_text()) == results
+    assert (tmp_path / "eval" / "report.html").is_file()

@@ -399,7 +399,9 @@ def test_app_serves_the_demo_with_the_apps_queue(tiny, monkeypatch):
     from finecontrol.ui.demo import QUEUE_POLL_SECONDS
 
     launched = {}
-    monkeypatch.setattr(app.Engine, "load", classmethod(lambda cls, name, controlnet=None: cls(name=name, pipe=tiny)))
+    monkeypatch.setattr(
+        app.Engine, "load", classmethod(lambda cls, name, controlnet=None, clip=None: cls(name=name, pipe=tiny))
+    )
     monkeypatch.setattr(gr.Blocks, "launch", lambda demo, **kwargs: launched.update(demo=demo, **kwargs))
     monkeypatch.setattr("sys.argv", ["app.py", "--model", "tiny", "--port", "7111"])
     app.main()
@@ -566,3 +568,45 @@ def test_check_scene_refuses_a_lora_that_cannot_be_found_by_name(engine):
     knobs[handlers.KNOB_FIELDS.index("loras")] = "./missing/lora.safetensors:0.5"
     with pytest.raises(gr.Error, match="no LoRA './missing/lora.safetensors'"):
         handlers.check_scene(engine, canvas(), *knobs)
+
+
+def test_a_toy_result_shows_each_persons_colour_check(toy):
+    """The toy model's results say, after each person's prompt, whether their colour was found
+    (what the toy world's identity score finds on the saved image)."""
+    from finecontrol.toyworld.evaluate import ToyScores
+    from finecontrol.ui.engine import result_scorer
+
+    engine = Engine(name="toy", pipe=toy, scorer=result_scorer(toy))
+    scene = load_scene("assets/scenes/toy/three_people.json")
+    knobs = handlers.knob_values(replace(toy.default_settings(), seed=5))
+    *_, (path, _, _, prompts) = handlers.generate(engine, scene.to_dict(), scene.setting, "", *knobs)
+    found = ToyScores().score(Image.open(path), scene)
+    lines = [line for line in prompts.splitlines() if line.startswith("- Person")]
+    assert len(lines) == 3
+    for line, scores in zip(lines, found):
+        words = "colour found ✓" if scores["toy_identity"] else "colour not found ✗"
+        assert line.endswith(f" - {words}"), line
+    off_vocabulary = scene.to_dict()  # a prompt the colour check cannot read: no scores, no error
+    off_vocabulary["people"][0]["prompt"] = "a red person waving"
+    *_, (_, _, _, prompts) = handlers.generate(engine, off_vocabulary, scene.setting, "", *knobs)
+    assert "colour" not in prompts
+
+
+def test_results_show_clip_identity_when_a_clip_model_is_here_and_nothing_otherwise(tiny, tiny_clip, monkeypatch):
+    from finecontrol import models
+    from finecontrol.metrics import ClipIdentity
+    from finecontrol.ui.engine import result_scorer
+
+    monkeypatch.setattr(models, "_hub_unavailable", lambda: True)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert result_scorer(tiny, "org/clip-not-downloaded") is None  # never fetched; no error
+    *_, (_, _, _, prompts) = run_generate(Engine(name="tiny", pipe=tiny))
+    assert "CLIP" not in prompts
+    engine = Engine(name="tiny", pipe=tiny, scorer=ClipIdentity.from_components(*tiny_clip))
+    *_, (path, _, _, prompts) = run_generate(engine)
+    scene = handlers.parse_scene(canvas(), "in a forest", "")
+    expected = engine.scorer.score(Image.open(path), scene)
+    lines = [line for line in prompts.splitlines() if line.startswith("- Person")]
+    for line, scores in zip(lines, expected, strict=True):
+        verdict = "own prompt wins ✓" if scores["clip_own_wins"] else "another person's prompt wins ✗"
+        assert line.endswith(f"CLIP: {verdict} (margin {scores['clip_margin']:+.3f})"), line

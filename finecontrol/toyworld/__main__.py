@@ -47,7 +47,7 @@ else:
     from finecontrol.models import load_model
     from finecontrol.settings import METHODS
     from finecontrol.toyworld.evaluate import evaluate as run
-    from finecontrol.toyworld.evaluate import print_table, write_report
+    from finecontrol.toyworld.evaluate import print_table, write_summary
 
     people = [int(n) for n in args.people.split(",")]
     methods = [m.strip() for m in args.methods.split(",")]
@@ -59,12 +59,14 @@ else:
         load_model(args.model, device="cpu"),
         people,
         args.scenes,
+        args.out,
         args.seed,
         methods=methods,
         progress=lambda: bar.update(1),
         spread=args.spread,
+        model=args.model,
     )
     bar.close()
-    write_report(results, args.out)
+    write_summary(results, args.out)
     print_table(results)
-    print(f"{time.time() - start:.0f} s; wrote {args.out / 'results.json'} and {args.out / 'results.png'}")
+    print(f"{time.time() - start:.0f} s; wrote {args.out / 'summary.json'}, summary.png and report.html")

@@ -31,6 +31,7 @@ from typing import Any, TypeVar
 
 from PIL import Image
 
+from finecontrol.experiments import Scorer
 from finecontrol.loras import available_loras
 from finecontrol.model_info import unknown_words
 from finecontrol.models import RANDOM_WEIGHT_MODELS
@@ -38,6 +39,7 @@ from finecontrol.pipeline import FineControlPipeline, Generation, StepCallback
 from finecontrol.previews import previewer_for
 from finecontrol.scene import Scene
 from finecontrol.settings import Settings
+from finecontrol.toyworld.evaluate import ToyScores, is_toy_scene
 from finecontrol.ui.editor import DEFAULT_EXAMPLES
 from finecontrol.ui.text import code_span, without_server_paths
 
@@ -112,6 +114,7 @@ class Engine:
     pipe: FineControlPipeline | None = None
     error: str | None = None
     run: Callable[[Scene, Settings, StepCallback | None], Generation] | None = None
+    scorer: Scorer | None = None  # scores each person of a result; None: no scores
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
@@ -119,9 +122,9 @@ class Engine:
             self.run = lambda scene, settings, on_step: self.pipe(scene, settings, callback=on_step)
 
     @classmethod
-    def load(cls, name: str, controlnet: str | None = None) -> Engine:
-        """Load `name` (on the torch thread) and fit its live previews; on failure keep the
-        reason so the UI can show it instead of crashing."""
+    def load(cls, name: str, controlnet: str | None = None, clip: str | None = None) -> Engine:
+        """Load `name` (on the torch thread), fit its live previews and find its scorer; on failure
+        keep the reason so the UI can show it instead of crashing."""
         from finecontrol.models import load_model
 
         try:
@@ -129,7 +132,17 @@ class Engine:
         except Exception as err:  # the app still starts and says why it cannot generate
             return cls(name=name, error=f"{type(err).__name__}: {err}")
         engine.fit_previews()
+        engine.scorer = on_torch_thread(result_scorer, engine.pipe, clip)
         return engine
+
+    def score(self, image: Image.Image, scene: Scene) -> list[dict] | None:
+        """Each person's scores for a result, or None: no scorer, or a scene it cannot score (the
+        toy's scores need every prompt in toy words)."""
+        if self.scorer is None:
+            return None
+        if isinstance(self.scorer, ToyScores) and not is_toy_scene(scene):
+            return None
+        return self.scorer.score(image, scene)
 
     def fit_previews(self) -> None:
         """Fit the previews' latent -> RGB map now, not in the first generation. Where the model
@@ -206,3 +219,23 @@ class Engine:
         """A live preview of the denoising estimate `x0`: one pixel per latent cell, from the
         model's fitted latent -> RGB map (no VAE decode)."""
         return previewer_for(self.pipe)(x0)
+
+
+def result_scorer(pipe: FineControlPipeline, clip: str | None = None):
+    """What scores the app's results: the toy world's colour check on a model that speaks only its
+    words; otherwise CLIP identity when a CLIP model is here (`clip`, a folder or hub id, default
+    openai/clip-vit-base-patch32, from a folder or the hub cache: never downloaded); else None.
+    CLIP runs on the CPU (a few crops per result), outside the GPU that ZeroGPU lends per call."""
+    from finecontrol.metrics import DEFAULT_CLIP, ClipIdentity
+    from finecontrol.models import ModelNotAvailableError
+    from finecontrol.toyworld.world import VOCABULARY
+
+    if pipe.info.vocabulary and set(pipe.info.vocabulary) <= set(VOCABULARY):
+        return ToyScores(require_setting=False)
+    try:
+        return ClipIdentity(clip or DEFAULT_CLIP, device="cpu", local_only=True)
+    except ModelNotAvailableError as err:
+        log.info("no CLIP model for the results' identity scores (%s)", err)
+    except Exception as err:  # the scores are optional: the app starts without them
+        log.warning("CLIP for the results' identity scores could not be loaded: %s: %s", type(err).__name__, err)
+    return None

@@ -206,9 +206,23 @@ def masks_preview(value: Any, setting: str | None, negative: str | None, *knobs:
     return np.asarray(captioned([early, late], MASK_CAPTIONS))
 
 
-def prompts_markdown(result: Generation) -> str:
+def score_words(scores: dict) -> str:
+    """A person's scores in words: the toy's colour check or CLIP identity; "" when not scored."""
+    if scores.get("toy_identity") is not None:
+        return "colour found ✓" if scores["toy_identity"] else "colour not found ✗"
+    if scores.get("clip_own_wins") is not None:
+        verdict = "own prompt wins ✓" if scores["clip_own_wins"] else "another person's prompt wins ✗"
+        return f"CLIP: {verdict} (margin {scores['clip_margin']:+.3f})"
+    if scores.get("clip_similarity") is not None:
+        return f"CLIP similarity {scores['clip_similarity']:.3f}"
+    return ""
+
+
+def prompts_markdown(result: Generation, scores: list[dict] | None = None) -> str:
     """The exact texts the model was given, as Markdown; each text in a code span, so a prompt
-    shows as typed and never as Markdown or HTML (an imported scene's prompt cannot load images)."""
+    shows as typed and never as Markdown or HTML (an imported scene's prompt cannot load images).
+    `scores`: each person's scores (`Engine.score`), shown in words after their line."""
+    said = [score_words(s) for s in scores] if scores else []
     p = result.prompts
     lines = [
         f"**Seed** {result.settings.seed} - **method** {result.settings.method} - "
@@ -218,11 +232,13 @@ def prompts_markdown(result: Generation) -> str:
         lines.append(f"- Global prompt: {code_span(p.global_prompt)}")
         if result.loras and result.loras[0]:  # one branch: everyone's LoRAs
             lines.append(f"- LoRAs: {code_span(format_loras(result.loras[0]))}")
+        lines += [f"- Person {i + 1}: {words}" for i, words in enumerate(said) if words]
     else:
         for i, text in enumerate(p.people):
             used = result.loras[i] if i < len(result.loras) else []
             loras = f" - LoRAs: {code_span(format_loras(used))}" if used else ""
-            lines.append(f"- Person {i + 1}: {code_span(text)}{loras}")
+            words = f" - {said[i]}" if i < len(said) and said[i] else ""
+            lines.append(f"- Person {i + 1}: {code_span(text)}{loras}{words}")
         if result.settings.method == "multicontrolnet":
             lines.append(f"- UNet (global) prompt: {code_span(p.global_prompt)}")
     negatives = sorted(set(p.people_negative) | {p.global_negative})
@@ -310,7 +326,8 @@ def generate(
     overlay = on_torch_thread(
         lambda: mask_overlay(upsample_masks(result.early_masks, size), result.control_image), between_steps=True
     )
-    yield str(path), result.control_image, overlay, prompts_markdown(result)
+    scores = on_torch_thread(engine.score, result.image, scene, between_steps=True)
+    yield str(path), result.control_image, overlay, prompts_markdown(result, scores)
 
 
 def compare(
