@@ -406,14 +406,13 @@ def _batch(args: argparse.Namespace) -> int:
 def _robustness(args: argparse.Namespace) -> int:
     from finecontrol import robustness
     from finecontrol.experiments import write_report, write_results
+    from finecontrol.models import offline_default
 
     axes = [a.strip() for a in args.axes.split(",") if a.strip()]
     if not axes or any(a not in robustness.AXES for a in axes):
         raise SettingsError(f"--axes takes a comma-separated list of {', '.join(robustness.AXES)}")
     if args.scenes < 1:
         raise SettingsError(f"--scenes must be at least 1, got {args.scenes}")
-    from finecontrol.models import offline_default
-
     args.model = args.model or offline_default()
     toy = args.model == "toy"
     studies = {axis: robustness.study_scenes(axis, args.scenes, toy) for axis in axes}
