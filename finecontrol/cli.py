@@ -382,7 +382,8 @@ def _run_shared(
     bar = tqdm(total=len(mine), unit="image", file=sys.stderr, disable=not state.is_local_main_process)
     made = run_items(pipe, scenes, mine, out, settings, scorers, progress=lambda: bar.update(1), model=model)
     bar.close()
-    print(f"process {state.process_index}: generated {made}, {len(mine) - made} already done", file=sys.stderr)
+    who = f"process {state.process_index}: " if state.num_processes > 1 else ""
+    print(f"{who}generated {made}, {len(mine) - made} already done", file=sys.stderr)
     state.wait_for_everyone()
     return read_records(out, items) if state.is_main_process else None
 

@@ -94,6 +94,7 @@ def make_scorers(
         if not names or any(n not in METRICS for n in names):
             raise SettingsError(f"--metrics takes a comma-separated list of {', '.join(METRICS)}, or none or auto")
     scorers: list[Scorer] = []
+    missing: list[str] = []  # every metric model that is not here, said at once
     if "toy" in names:
         from finecontrol.toyworld.evaluate import ToyScores, from_scene
 
@@ -103,15 +104,28 @@ def make_scorers(
             except ValueError as err:
                 raise SettingsError(f"the toy metric scores toy scenes only: {err}") from err
         scorers.append(ToyScores())
+    from finecontrol.models import DEFAULT_ANNOTATORS, ModelNotAvailableError
+
     if "clip" in names:
         from finecontrol.metrics import DEFAULT_CLIP, ClipIdentity
 
-        scorers.append(ClipIdentity(clip or DEFAULT_CLIP, device=device or "cpu"))
+        try:
+            scorers.append(ClipIdentity(clip or DEFAULT_CLIP, device=device or "cpu"))
+        except ModelNotAvailableError as err:
+            missing.append(f"clip: {err}")
     if "pose" in names:
         from finecontrol.metrics import PoseFidelity
-        from finecontrol.models import DEFAULT_ANNOTATORS
 
-        scorers.append(PoseFidelity(annotators=annotators or DEFAULT_ANNOTATORS))
+        try:
+            scorers.append(PoseFidelity(annotators=annotators or DEFAULT_ANNOTATORS, device=device))
+        except ModelNotAvailableError as err:
+            missing.append(f"pose: {err}")
+    if missing:
+        raise ModelNotAvailableError(
+            "the metrics' models are not all here. "
+            + " ".join(missing)
+            + " Or leave them out: --metrics with the metrics you have, or --metrics none to only generate."
+        )
     return scorers
 
 
@@ -300,6 +314,21 @@ def write_results(out: Path, records: list[dict]) -> dict:
     return document
 
 
+# What the report's score names mean (those present are listed under its title).
+LEGEND = {
+    "toy_identity": "the person's body shows their prompt's colour (toy world)",
+    "toy_pose": "share of the person's skeleton pixels drawn, not background (toy world)",
+    "toy_setting": "the background is the setting's (toy world; once per image, on person 1)",
+    "clip_similarity": "CLIP cosine of the person's crop to their own prompt",
+    "clip_own_wins": "their own prompt is closer to their crop than every other person's",
+    "clip_margin": "own prompt's similarity minus the best other person's",
+    "clip_mean_margin": "own prompt's similarity minus the others' mean",
+    "clip_own_probability": "softmax over the people's prompts, at their own",
+    "pose_found": "the pose detector found a person matching their skeleton",
+    "pose_pck": "share of their keypoints detected within 0.1 of their box's diagonal",
+}
+
+
 def _shown(value) -> str:
     if isinstance(value, bool):
         return "yes" if value else "no"
@@ -328,6 +357,9 @@ def write_report(out: Path, records: list[dict], title: str = "FineControl batch
         f"<h1>{e(title)}</h1>",
         f"<p>{len(records)} images: {len(grid)} scene and seed rows x {len(methods)} methods.</p>",
     ]
+    present = [n for n in LEGEND if any(n in p for r in records for p in r["people"])]
+    if present:
+        parts.append("<dl>" + "".join(f"<dt>{n}</dt><dd>{e(LEGEND[n])}</dd>" for n in present) + "</dl>")
     if summary:
         names = list(dict.fromkeys(n for m in summary.values() for n in m))
         parts.append("<h2>Means per method</h2><table><tr><th>method</th>")

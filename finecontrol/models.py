@@ -255,7 +255,7 @@ def load_pose_detector(source: str = DEFAULT_ANNOTATORS, hands_and_faces: bool =
                 raise ModelNotAvailableError(
                     f"the OpenPose detector weights ({source}) are not here and the hub cannot be reached; "
                     f"on a machine with internet run `hf download {source} body_pose_model.pth hand_pose_model.pth "
-                    f"facenet.pth --local-dir annotators`, copy the folder here and start the app with "
+                    f"facenet.pth --local-dir annotators`, copy the folder here and pass it with "
                     f"--annotators annotators"
                 ) from err
             detector = OpenposeDetector.from_pretrained(source)

@@ -179,7 +179,7 @@ def test_toy_model_draws_each_typed_colour_on_its_own_skeleton(toy_page):
     score = score_image(image, from_scene(scene_from_dict(drawn)))
     assert score["setting"] and score["identity"] == [True, True, True], score
     # and the page says so next to each prompt
-    expect(page.locator("#prompts-used li").filter(has_text="colour found ✓")).to_have_count(3)
+    expect(page.locator("#prompts-used li").filter(has_text="colour check: found ✓")).to_have_count(3)
 
 
 def test_live_previews_show_in_the_result_box_then_the_png(page, tmp_path):

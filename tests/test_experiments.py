@@ -218,10 +218,13 @@ def test_a_real_models_batch_scores_clip_identity_and_fails_fast_without_clip_or
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))  # an empty hub cache
     out = tmp_path / "run"
     scene = ["batch", "assets/scenes/two_people.json", "--out", str(out), "--model", "tiny", "--steps", "2"]
-    assert main(scene) == 2  # auto: clip and pose on a model that is not the toy
-    assert "hf download openai/clip-vit-base-patch32" in capsys.readouterr().err
+    assert main(scene) == 2  # auto: clip and pose on a model that is not the toy, both said at once
+    line = capsys.readouterr().err.strip().splitlines()[-1]  # one error line says all
+    assert line.startswith("error: ") and "--metrics none" in line
+    assert "hf download openai/clip-vit-base-patch32" in line and "hf download lllyasviel/Annotators" in line
     assert main([*scene, "--metrics", "pose"]) == 2
-    assert "hf download lllyasviel/Annotators" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "hf download lllyasviel/Annotators" in err and "openai/clip" not in err
     assert not (out / "images").exists()  # nothing generated before the metrics are ready
     folder = tmp_path / "clip"
     model, processor = tiny_clip

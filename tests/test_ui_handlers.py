@@ -584,12 +584,13 @@ def test_a_toy_result_shows_each_persons_colour_check(toy):
     lines = [line for line in prompts.splitlines() if line.startswith("- Person")]
     assert len(lines) == 3
     for line, scores in zip(lines, found):
-        words = "colour found ✓" if scores["toy_identity"] else "colour not found ✗"
+        words = "colour check: found ✓" if scores["toy_identity"] else "colour check: not found ✗"
         assert line.endswith(f" - {words}"), line
     off_vocabulary = scene.to_dict()  # a prompt the colour check cannot read: no scores, no error
     off_vocabulary["people"][0]["prompt"] = "a red person waving"
     *_, (_, _, _, prompts) = handlers.generate(engine, off_vocabulary, scene.setting, "", *knobs)
-    assert "colour" not in prompts
+    assert "colour check:" not in prompts
+    assert prompts.endswith("- Colour check skipped: it reads prompts of the form `a red person` only.")
 
 
 def test_results_show_clip_identity_when_a_clip_model_is_here_and_nothing_otherwise(tiny, tiny_clip, monkeypatch):

@@ -144,6 +144,12 @@ class Engine:
             return None
         return self.scorer.score(image, scene)
 
+    def why_not_scored(self, scene: Scene) -> str:
+        """Why a result of `scene` has no scores although this model has a scorer; "" otherwise."""
+        if isinstance(self.scorer, ToyScores) and not is_toy_scene(scene):
+            return "Colour check skipped: it reads prompts of the form `a red person` only."
+        return ""
+
     def fit_previews(self) -> None:
         """Fit the previews' latent -> RGB map now, not in the first generation. Where the model
         cannot run outside a generation (ZeroGPU lends the GPU per call) it is fitted there."""

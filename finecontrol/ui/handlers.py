@@ -209,7 +209,7 @@ def masks_preview(value: Any, setting: str | None, negative: str | None, *knobs:
 def score_words(scores: dict) -> str:
     """A person's scores in words: the toy's colour check or CLIP identity; "" when not scored."""
     if scores.get("toy_identity") is not None:
-        return "colour found ✓" if scores["toy_identity"] else "colour not found ✗"
+        return "colour check: found ✓" if scores["toy_identity"] else "colour check: not found ✗"
     if scores.get("clip_own_wins") is not None:
         verdict = "own prompt wins ✓" if scores["clip_own_wins"] else "another person's prompt wins ✗"
         return f"CLIP: {verdict} (margin {scores['clip_margin']:+.3f})"
@@ -218,10 +218,11 @@ def score_words(scores: dict) -> str:
     return ""
 
 
-def prompts_markdown(result: Generation, scores: list[dict] | None = None) -> str:
+def prompts_markdown(result: Generation, scores: list[dict] | None = None, note: str = "") -> str:
     """The exact texts the model was given, as Markdown; each text in a code span, so a prompt
     shows as typed and never as Markdown or HTML (an imported scene's prompt cannot load images).
-    `scores`: each person's scores (`Engine.score`), shown in words after their line."""
+    `scores`: each person's scores (`Engine.score`), shown in words after their line; `note`:
+    a last line (why there are no scores)."""
     said = [score_words(s) for s in scores] if scores else []
     p = result.prompts
     lines = [
@@ -232,7 +233,7 @@ def prompts_markdown(result: Generation, scores: list[dict] | None = None) -> st
         lines.append(f"- Global prompt: {code_span(p.global_prompt)}")
         if result.loras and result.loras[0]:  # one branch: everyone's LoRAs
             lines.append(f"- LoRAs: {code_span(format_loras(result.loras[0]))}")
-        lines += [f"- Person {i + 1}: {words}" for i, words in enumerate(said) if words]
+        lines += [f"- Person {i + 1} ({code_span(p.people[i])}): {w}" for i, w in enumerate(said) if w]
     else:
         for i, text in enumerate(p.people):
             used = result.loras[i] if i < len(result.loras) else []
@@ -243,6 +244,8 @@ def prompts_markdown(result: Generation, scores: list[dict] | None = None) -> st
             lines.append(f"- UNet (global) prompt: {code_span(p.global_prompt)}")
     negatives = sorted(set(p.people_negative) | {p.global_negative})
     lines += [f"- Negative: {code_span(text)}" for text in negatives]
+    if note:
+        lines.append(f"- {note}")
     return "\n".join(lines)
 
 
@@ -327,7 +330,7 @@ def generate(
         lambda: mask_overlay(upsample_masks(result.early_masks, size), result.control_image), between_steps=True
     )
     scores = on_torch_thread(engine.score, result.image, scene, between_steps=True)
-    yield str(path), result.control_image, overlay, prompts_markdown(result, scores)
+    yield str(path), result.control_image, overlay, prompts_markdown(result, scores, engine.why_not_scored(scene))
 
 
 def compare(
