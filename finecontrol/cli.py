@@ -29,7 +29,7 @@ from finecontrol.models import DTYPES, RANDOM_WEIGHT_MODELS, TOY_MODEL, ModelNot
 from finecontrol.pipeline import NonFiniteError, NotEnoughMemoryError
 from finecontrol.pose import drawn_parts
 from finecontrol.render import labelled_grid, mask_previews
-from finecontrol.scene import Scene, SceneError, brief, load_scene
+from finecontrol.scene import Scene, SceneError, brief
 from finecontrol.settings import COMPARED_METHODS, METHODS, Settings, SettingsError, knobs, random_seed
 
 # Errors in what the user gave or has (a scene, a setting, a model that is not here, a file that
@@ -195,12 +195,9 @@ def _shown(value) -> str:
 
 
 def _read_input(path: Path) -> tuple[Scene, Settings | None]:
-    if path.suffix.lower() == ".png":
-        from finecontrol.metadata import read_png
+    from finecontrol.metadata import read_scene_file
 
-        scene, settings = read_png(path)
-    else:
-        scene, settings = load_scene(path), None
+    scene, settings = read_scene_file(path)
     for note in scene.notes:
         print(f"note: {note}", file=sys.stderr)
     return scene, settings

@@ -34,7 +34,8 @@ from typing import Protocol
 
 from PIL import Image
 
-from finecontrol.scene import Scene, SceneError, load_scene
+from finecontrol.metadata import read_scene_file
+from finecontrol.scene import Scene, SceneError
 from finecontrol.settings import Settings
 
 SCENE_SUFFIXES = (".json", ".png")
@@ -149,12 +150,7 @@ def find_scenes(paths: Iterable[str | Path]) -> list[SceneInput]:
         if file.resolve() in seen:  # the same file named twice (or in a folder given too)
             continue
         seen.add(file.resolve())
-        if file.suffix.lower() == ".png":
-            from finecontrol.metadata import read_png
-
-            scene, settings = read_png(file)
-        else:
-            scene, settings = load_scene(file), None
+        scene, settings = read_scene_file(file)
         if not scene.people:
             raise SceneError(f"{file.name} has no people")
         for note in scene.notes:

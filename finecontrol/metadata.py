@@ -13,7 +13,7 @@ from pathlib import Path
 
 from PIL import Image, PngImagePlugin
 
-from finecontrol.scene import MAX_SCENE_BYTES, Scene, SceneError, brief, scene_from_json
+from finecontrol.scene import MAX_SCENE_BYTES, Scene, SceneError, brief, load_scene, scene_from_json
 from finecontrol.settings import Settings, SettingsError
 
 SCENE_KEY = "finecontrol:scene"
@@ -49,6 +49,13 @@ def read_png(path: str | Path) -> tuple[Scene, Settings]:
     except (ValueError, RecursionError) as err:  # JSONDecodeError and SettingsError are ValueErrors
         reason = err if isinstance(err, SettingsError) else f"not valid JSON ({brief(str(err))})"
         raise SceneError(f"{Path(path).name}: its stored settings cannot be used: {reason}") from err
+
+
+def read_scene_file(path: str | Path) -> tuple[Scene, Settings | None]:
+    """A scene file (scene or OpenPose JSON; no settings) or a FineControl PNG (with its settings)."""
+    if Path(path).suffix.lower() == ".png":
+        return read_png(path)
+    return load_scene(path), None
 
 
 def png_text(path: str | Path, prefix: str = "finecontrol:") -> dict[str, str]:

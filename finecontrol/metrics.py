@@ -108,8 +108,7 @@ class ClipIdentity:
         without it: ModelNotAvailableError within seconds, with the command to fetch it).
         `local_only`: never download (a folder or the cache, else ModelNotAvailableError)."""
         clip, processor = _load_clip(model, local_only)
-        self._setup(clip, processor, device, margin)
-        self.source = model
+        self._setup(clip, processor, device, margin, source=model)
 
     @classmethod
     def from_components(cls, model: Any, processor: Any, device: str = "cpu", margin: float = 0.1) -> ClipIdentity:
@@ -118,8 +117,8 @@ class ClipIdentity:
         scorer._setup(model, processor, device, margin)
         return scorer
 
-    def _setup(self, model: Any, processor: Any, device: str, margin: float) -> None:
-        self.source = ""  # the hub id or folder it was loaded from, when loaded by name
+    def _setup(self, model: Any, processor: Any, device: str, margin: float, source: str = "") -> None:
+        self.source = source  # the hub id or folder it was loaded from, when loaded by name
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.processor = processor

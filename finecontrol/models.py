@@ -278,6 +278,26 @@ def tiny_tokenizer():
     return CLIPTokenizer.from_pretrained(str(TINY_TOKENIZER), model_max_length=77)
 
 
+def small_text_config(tokenizer, hidden: int, layers: int, max_positions: int = 77, **extra):
+    """The config of a small CLIP text encoder for `tokenizer`: `hidden` wide with a feed-forward
+    twice that, 4 heads, `layers` deep, `max_positions` tokens; `extra`: other config fields
+    (e.g. projection_dim)."""
+    from transformers import CLIPTextConfig
+
+    return CLIPTextConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        max_position_embeddings=max_positions,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        **extra,
+    )
+
+
 def tiny_pipeline(seed: int = 0) -> FineControlPipeline:
     """An SD1.5-shaped model with random weights (4 resolution levels, 12 ControlNet residuals).
 
@@ -285,24 +305,12 @@ def tiny_pipeline(seed: int = 0) -> FineControlPipeline:
     replaces self-attention in the transformer blocks to keep 64x64 latents cheap.
     """
     from diffusers import UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from transformers import CLIPTextModel
 
     tokenizer = tiny_tokenizer()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        text_encoder = CLIPTextModel(
-            CLIPTextConfig(
-                vocab_size=len(tokenizer),
-                hidden_size=32,
-                intermediate_size=64,
-                num_hidden_layers=2,
-                num_attention_heads=4,
-                max_position_embeddings=77,
-                bos_token_id=tokenizer.bos_token_id,
-                eos_token_id=tokenizer.eos_token_id,
-                pad_token_id=tokenizer.pad_token_id,
-            )
-        )
+        text_encoder = CLIPTextModel(small_text_config(tokenizer, hidden=32, layers=2))
         unet = UNet2DConditionModel(
             sample_size=64,
             block_out_channels=(32, 64, 128, 128),
@@ -340,29 +348,16 @@ def tiny_sdxl_pipeline(seed: int = 0) -> FineControlPipeline:
     - An SDXL-style ControlNet and a VAE marked `force_upcast`, as SDXL's is.
     """
     from diffusers import UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
     tokenizer = tiny_tokenizer()
     time_embed_dim, pooled_dim = 8, 32
-
-    def text_config(hidden: int, layers: int) -> CLIPTextConfig:
-        return CLIPTextConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=hidden,
-            intermediate_size=2 * hidden,
-            num_hidden_layers=layers,  # SDXL reads the penultimate layer
-            num_attention_heads=4,
-            max_position_embeddings=77,
-            projection_dim=pooled_dim,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        text_encoder = CLIPTextModel(text_config(32, 3))
-        text_encoder_2 = CLIPTextModelWithProjection(text_config(48, 10))
+        torch.manual_seed(seed)  # more than 2 layers each: SDXL reads the penultimate one
+        text_encoder = CLIPTextModel(small_text_config(tokenizer, hidden=32, layers=3, projection_dim=pooled_dim))
+        text_encoder_2 = CLIPTextModelWithProjection(
+            small_text_config(tokenizer, hidden=48, layers=10, projection_dim=pooled_dim)
+        )
         unet = UNet2DConditionModel(
             sample_size=16,
             block_out_channels=(32, 64, 64),

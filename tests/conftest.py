@@ -26,21 +26,11 @@ def tiny_clip():
     """A tiny random CLIPModel and a CLIPProcessor (the tiny model's tokenizer, 32 px images)."""
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
 
-    from finecontrol.models import tiny_tokenizer
+    from finecontrol.models import small_text_config, tiny_tokenizer
 
     tokenizer = tiny_tokenizer()
     config = CLIPConfig(
-        text_config=dict(
-            vocab_size=len(tokenizer),
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            max_position_embeddings=77,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        ),
+        text_config=small_text_config(tokenizer, hidden=32, layers=2).to_dict(),
         vision_config=dict(
             hidden_size=32,
             intermediate_size=64,

@@ -210,16 +210,18 @@ def reference_eps(pipe, branches, z, t, masks, compose_at):
     return out
 
 
+@pytest.mark.parametrize("model", ["tiny", "tiny_sdxl"])
 @pytest.mark.parametrize("phase", [0, 1], ids=["early", "late"])
-def test_batched_step_equals_separate_forwards_and_composes_before_conv_norm_out(tiny, two_people, phase):
+def test_batched_step_equals_separate_forwards_and_composes_before_conv_norm_out(request, model, two_people, phase):
+    pipe = request.getfixturevalue(model)
     settings = Settings(**FAST)
-    branches, z = _step_inputs(tiny, two_people, settings)
+    branches, z = _step_inputs(pipe, two_people, settings)
     masks, t = branches.masks[phase], torch.tensor(601)
-    with torch.no_grad(), FeatureComposer(tiny.unet) as composer:
-        batched = tiny._predict_noise("finecontrol", branches, z, t, masks, composer)
+    with torch.no_grad(), FeatureComposer(pipe.unet) as composer:
+        batched = pipe._predict_noise("finecontrol", branches, z, t, masks, composer)
     with torch.no_grad():
-        reference = reference_eps(tiny, branches, z, t, masks, "features")
-        eps_composed = reference_eps(tiny, branches, z, t, masks, "eps")
+        reference = reference_eps(pipe, branches, z, t, masks, "features")
+        eps_composed = reference_eps(pipe, branches, z, t, masks, "eps")
     for ours, ref in zip(batched, reference):
         assert_close(ours, ref, atol=1e-5)
     # Composing the outputs instead is a different method: GroupNorm and the 3x3 conv_out mix

@@ -38,16 +38,21 @@ def from_scene(scene: Scene, require_setting: bool = True) -> ToyScene:
     scaled from the canvas to 64 px: what `score_image` needs to score any generated 64 px image.
     Without `require_setting` a setting that is not a toy one is taken as None (not scored)."""
     setting = {phrase: word for word, phrase in SETTINGS.items()}.get(scene.setting.strip())
-    colors = [p.prompt.strip().removeprefix("a ").removesuffix(" person") for p in scene.people]
+    colors = [color_word(p.prompt) for p in scene.people]
     if (setting is None and require_setting) or any(c not in COLORS for c in colors):
         raise ValueError(f"not a toy scene: setting {scene.setting!r}, prompts {[p.prompt for p in scene.people]}")
     scale = np.array([SIZE / scene.width, SIZE / scene.height, 1.0])
     return ToyScene(setting, colors, [p.keypoints * scale for p in scene.people])
 
 
+def color_word(prompt: str) -> str:
+    """The colour word of a toy person's prompt ("a red person" -> "red"); else what is left."""
+    return prompt.strip().removeprefix("a ").removesuffix(" person")
+
+
 def is_toy_scene(scene: Scene) -> bool:
     """Whether every person's prompt is a toy colour phrase ("a red person"), which ToyScores needs."""
-    return all(p.prompt.strip().removeprefix("a ").removesuffix(" person") in COLORS for p in scene.people)
+    return all(color_word(p.prompt) in COLORS for p in scene.people)
 
 
 def body_masks(poses: list[np.ndarray]) -> list[np.ndarray]:

@@ -103,22 +103,12 @@ CHECKPOINT = "checkpoint.pt"
 def build_models(tokenizer_dir: Path, max_tokens: int):
     """The tokenizer, text encoder, VAE, UNet and noise scheduler, freshly initialised."""
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    from finecontrol.models import small_text_config
 
     tokenizer = CLIPTokenizer.from_pretrained(str(tokenizer_dir), model_max_length=max_tokens)
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            max_position_embeddings=max_tokens,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-    )
+    text_encoder = CLIPTextModel(small_text_config(tokenizer, hidden=64, layers=2, max_positions=max_tokens))
     vae = AutoencoderKL(
         block_out_channels=(16, 32, 64),
         down_block_types=("DownEncoderBlock2D",) * 3,

@@ -138,9 +138,7 @@ class Engine:
     def score(self, image: Image.Image, scene: Scene) -> list[dict] | None:
         """Each person's scores for a result, or None: no scorer, or a scene it cannot score (the
         toy's scores need every prompt in toy words)."""
-        if self.scorer is None:
-            return None
-        if isinstance(self.scorer, ToyScores) and not is_toy_scene(scene):
+        if self.scorer is None or self.why_not_scored(scene):
             return None
         return self.scorer.score(image, scene)
 
